@@ -1,0 +1,120 @@
+//! The config as written: plain serde types, no judgement. Spans are looked
+//! up afterwards by path in the parsed document (see `locate.rs`), so these
+//! types stay simple and every later check can still point at a line.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use toml::Value;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawConfig {
+    pub app: Option<String>,
+    pub ssh: Option<RawSsh>,
+    #[serde(default)]
+    pub hosts: Vec<RawHost>,
+    pub instances: Option<RawInstances>,
+    #[serde(default)]
+    pub load_balancers: Vec<RawLb>,
+    pub drain: Option<RawDrain>,
+    pub deploy: Option<RawDeploy>,
+    pub health: Option<RawHealth>,
+    pub strategy: Option<RawStrategy>,
+    #[serde(default)]
+    pub targets: BTreeMap<String, RawTarget>,
+    pub state_dir: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSsh {
+    pub config_file: Option<String>,
+    pub user: Option<String>,
+    pub max_connections: Option<i64>,
+    pub connect_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawHost {
+    pub name: String,
+    pub address: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub ssh_user: Option<String>,
+    pub ssh_port: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawInstances {
+    pub count: Option<i64>,
+    pub first_port: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawLb {
+    pub kind: String,
+    pub scope: Option<String>,
+    pub socket: Option<String>,
+    pub backend: Option<String>,
+    pub server: Option<String>,
+    pub method: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawDrain {
+    pub mode: Option<String>,
+    pub timeout: Option<String>,
+    pub on_timeout: Option<String>,
+    pub interval: Option<String>,
+    pub command: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawDeploy {
+    /// A command or a list of commands, run on the host over SSH.
+    pub run: Option<Value>,
+    /// A command or a list of commands, run on the operator's machine.
+    pub local: Option<Value>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawHealth {
+    pub http: Option<String>,
+    pub tcp: Option<String>,
+    pub command: Option<String>,
+    pub expect_status: Option<i64>,
+    pub expect_body: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy_threshold: Option<i64>,
+    pub deadline: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawStrategy {
+    pub batch: Option<Value>,
+    pub window: Option<Value>,
+    pub max_failures: Option<Value>,
+    pub pause: Option<String>,
+}
+
+// lock, lb_takeout and can_unify are accepted now (so a config written for
+// the full SPEC gets no unknown-key warnings) and acted on by later features.
+#[allow(dead_code)]
+#[derive(Debug, Deserialize)]
+pub struct RawTarget {
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    pub percent: Option<f64>,
+    #[serde(default)]
+    pub require_message: bool,
+    #[serde(default)]
+    pub partial: bool,
+    #[serde(default)]
+    pub lock: Option<bool>,
+    #[serde(default)]
+    pub lb_takeout: Option<bool>,
+    #[serde(default)]
+    pub can_unify: Option<bool>,
+}

@@ -1,0 +1,318 @@
+//! The dispatcher: owns the counts and every decision. Starts units while the
+//! out-of-service bound has room, waits for them, halts on too many failures
+//! or on a stop, and writes the summary.
+
+use super::preflight::Preflight;
+use super::walk::{Finished, Msg, Walk};
+use super::Deployment;
+use crate::event::{Event, Outcome, Phase, UnitResult, UnitResultJson, UnitSummary};
+use crate::journal::Record;
+use crate::planner;
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// The end of a deploy.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub outcome: Outcome,
+    pub units: Vec<UnitSummary>,
+    pub max_out_of_service_seen: usize,
+    pub halt_reason: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    Untouched,
+    InFlight(Phase),
+    Done(UnitResult),
+}
+
+/// Run the rollout. `stop` (first Ctrl-C): no new unit starts, units in
+/// flight finish their phase and go back in if healthy. `abort` (second
+/// Ctrl-C): stop at once, report what is where.
+pub async fn run(dep: Arc<Deployment>, pf: &Preflight, stop: CancellationToken, abort: CancellationToken) -> Report {
+    let total = dep.units.len();
+    let rollout = &dep.plan.strategy.rollout;
+    let waves = planner::waves(total, rollout);
+    let bound = planner::out_of_service_bound(total, rollout);
+    let max_failures = dep.plan.strategy.max_failures.of_allow_zero(total);
+
+    dep.emit(Event::DeployStarted {
+        deploy_id: dep.deploy_id.clone(),
+        app: dep.plan.app.clone(),
+        target: dep.target.clone(),
+        version: dep.version.clone(),
+        units: total,
+        waves: waves.len(),
+        max_out_of_service: bound,
+    });
+    let _ = dep.journal.append(Record::Begin {
+        format: crate::journal::JOURNAL_FORMAT,
+        deploy_id: dep.deploy_id.clone(),
+        app: dep.plan.app.clone(),
+        version: dep.version.clone(),
+        target: dep.target.clone(),
+        balancers: dep.balancers.iter().map(|b| b.label()).collect(),
+    });
+
+    let mut d = Dispatch {
+        dep: Arc::clone(&dep),
+        states: vec![State::Untouched; total],
+        in_flight: 0,
+        out: 0,
+        max_out_seen: 0,
+        failures: 0,
+        halt: CancellationToken::new(),
+        halt_reason: None,
+        interrupted: false,
+        hard: false,
+        seq: Arc::new(AtomicU64::new(0)),
+        already_out: pf.already_out.clone(),
+        bound,
+        done: pf.skipped.len(),
+        out_names: std::collections::BTreeSet::new(),
+    };
+    for (&i, reason) in &pf.skipped {
+        d.states[i] = State::Done(UnitResult::Skipped { reason: reason.clone() });
+    }
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
+    let mut tasks: JoinSet<Finished> = JoinSet::new();
+    let mut ticker = tokio::time::interval(Duration::from_secs(2));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    'waves: for (wi, wave) in waves.iter().enumerate() {
+        if d.halt.is_cancelled() {
+            break;
+        }
+        if wi > 0 && !dep.plan.strategy.pause.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(dep.plan.strategy.pause) => {}
+                _ = stop.cancelled() => { d.interrupt(false); break 'waves; }
+                _ = abort.cancelled() => { d.interrupt(true); break 'waves; }
+            }
+        }
+        let mut queue: VecDeque<usize> = wave.clone().filter(|i| matches!(d.states[*i], State::Untouched)).collect();
+        if queue.is_empty() {
+            continue;
+        }
+        dep.emit(Event::WaveStarted { wave: wi + 1, units: queue.iter().map(|&i| dep.units[i].name()).collect() });
+        loop {
+            // Start what the bound allows. Forced units that were already out
+            // do not take a place.
+            while let Some(&next) = queue.front() {
+                if d.halt.is_cancelled() {
+                    break;
+                }
+                let counts = !d.already_out.contains(&next);
+                if counts && d.out >= bound {
+                    break;
+                }
+                queue.pop_front();
+                d.start(next, counts, pf, &tx, &mut tasks);
+            }
+            if tasks.is_empty() {
+                if queue.is_empty() || d.halt.is_cancelled() {
+                    break;
+                }
+                // Failed units fill the whole bound: going on would exceed it.
+                d.halt_with(format!(
+                    "{} failed unit(s) are out of service, which fills the allowed {bound}; no further unit can start",
+                    d.out
+                ));
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = abort.cancelled(), if !d.hard => {
+                    d.interrupt(true);
+                    tasks.abort_all();
+                    break 'waves;
+                }
+                _ = stop.cancelled(), if !d.interrupted => d.interrupt(false),
+                Some(msg) = rx.recv() => d.on_msg(msg),
+                Some(joined) = tasks.join_next() => {
+                    match joined {
+                        Ok(finished) => d.finish(finished, max_failures),
+                        Err(e) if e.is_cancelled() => {}
+                        Err(e) => d.halt_with(format!("a unit task crashed: {e}")),
+                    }
+                }
+                _ = ticker.tick() => d.progress(),
+            }
+        }
+    }
+    // Drain phase messages that arrived after the last join.
+    while let Ok(msg) = rx.try_recv() {
+        d.on_msg(msg);
+    }
+    d.summary()
+}
+
+struct Dispatch {
+    dep: Arc<Deployment>,
+    states: Vec<State>,
+    in_flight: usize,
+    /// Units out of service that count against the bound: in flight or failed
+    /// and left out.
+    out: usize,
+    max_out_seen: usize,
+    failures: usize,
+    halt: CancellationToken,
+    halt_reason: Option<String>,
+    interrupted: bool,
+    hard: bool,
+    seq: Arc<AtomicU64>,
+    already_out: std::collections::BTreeSet<usize>,
+    bound: usize,
+    done: usize,
+    /// Indices of units out of service right now (in flight, or failed and left out).
+    out_names: std::collections::BTreeSet<usize>,
+}
+
+impl Dispatch {
+    fn start(&mut self, i: usize, counts: bool, pf: &Preflight, tx: &mpsc::UnboundedSender<Msg>, tasks: &mut JoinSet<Finished>) {
+        self.in_flight += 1;
+        if counts {
+            self.out += 1;
+            self.max_out_seen = self.max_out_seen.max(self.out);
+        }
+        self.states[i] = State::InFlight(Phase::TakeOut);
+        self.out_names.insert(i);
+        let walk = Walk {
+            dep: Arc::clone(&self.dep),
+            unit: Arc::clone(&self.dep.units[i]),
+            before: pf.before.get(i).cloned().unwrap_or_default(),
+            halt: self.halt.clone(),
+            tx: tx.clone(),
+            seq: Arc::clone(&self.seq),
+        };
+        tasks.spawn(walk.run());
+    }
+
+    fn on_msg(&mut self, msg: Msg) {
+        match msg {
+            Msg::Phase(i, phase) => {
+                if matches!(self.states[i], State::InFlight(_)) {
+                    self.states[i] = State::InFlight(phase);
+                }
+                let unit = &self.dep.units[i];
+                self.dep.emit(Event::UnitPhase { unit: unit.name(), host: unit.host.name.clone(), phase });
+            }
+            Msg::Event(e) => self.dep.emit(e),
+        }
+    }
+
+    fn finish(&mut self, f: Finished, max_failures: usize) {
+        self.in_flight -= 1;
+        let counts = !self.already_out.contains(&f.index);
+        let stays_out = matches!(f.result, UnitResult::Failed { in_rotation: false, .. });
+        if counts && !stays_out {
+            self.out -= 1;
+        }
+        if !stays_out {
+            self.out_names.remove(&f.index);
+        }
+        self.done += 1;
+        let unit = &self.dep.units[f.index];
+        self.dep.emit(Event::UnitFinished {
+            unit: unit.name(),
+            host: unit.host.name.clone(),
+            result: UnitResultJson::from(&f.result),
+            output: f.output,
+        });
+        if let UnitResult::Failed { error, .. } = &f.result {
+            self.failures += 1;
+            if self.failures > max_failures {
+                self.halt_with(format!(
+                    "{unit} failed ({error}); {} failure(s) exceed max_failures = {max_failures}",
+                    self.failures
+                ));
+            }
+        }
+        self.states[f.index] = State::Done(f.result);
+        self.progress();
+    }
+
+    fn halt_with(&mut self, reason: String) {
+        if self.halt_reason.is_none() && !self.interrupted {
+            self.dep.emit(Event::Halted { reason: reason.clone() });
+            self.halt_reason = Some(reason);
+        }
+        self.halt.cancel();
+    }
+
+    fn interrupt(&mut self, hard: bool) {
+        self.interrupted = true;
+        self.hard |= hard;
+        self.dep.emit(Event::Interrupted { hard });
+        self.halt.cancel();
+    }
+
+    fn progress(&self) {
+        let out_of_service = self.out_names.iter().map(|&i| self.dep.units[i].name()).collect();
+        self.dep.emit(Event::Progress {
+            done: self.done,
+            total: self.states.len(),
+            failed: self.failures,
+            in_flight: self.in_flight,
+            max_in_flight: self.bound,
+            out_of_service,
+        });
+    }
+
+    fn summary(self) -> Report {
+        let mut counts = [0usize; 5];
+        let units: Vec<UnitSummary> = self
+            .states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let unit = &self.dep.units[i];
+                let (state, in_rotation, detail, slot) = match s {
+                    State::Untouched => ("untouched", true, None, 4),
+                    State::InFlight(p) => ("unknown", false, Some(format!("stopped during {}", p.as_str())), 1),
+                    State::Done(UnitResult::Updated) => ("updated", true, None, 0),
+                    State::Done(UnitResult::Reverted) => ("reverted", true, None, 2),
+                    State::Done(UnitResult::Skipped { reason }) => ("skipped", false, Some(reason.clone()), 3),
+                    State::Done(UnitResult::Failed { phase, error, in_rotation }) => {
+                        ("failed", *in_rotation, Some(format!("{}: {error}", phase.as_str())), 1)
+                    }
+                };
+                counts[slot] += 1;
+                UnitSummary { unit: unit.name(), host: unit.host.name.clone(), state: state.into(), in_rotation, detail }
+            })
+            .collect();
+        let outcome = if self.interrupted {
+            Outcome::Interrupted
+        } else if self.failures > 0 || self.halt_reason.is_some() {
+            Outcome::Failed
+        } else {
+            Outcome::Success
+        };
+        // After a hard stop units may be half-way: no `end`, so `recover`
+        // treats this deploy as unfinished.
+        if !self.hard {
+            let _ = self.dep.journal.append(Record::End {
+                deploy_id: self.dep.deploy_id.clone(),
+                outcome: format!("{outcome:?}").to_lowercase(),
+            });
+        }
+        self.dep.emit(Event::DeployFinished {
+            outcome,
+            updated: counts[0],
+            failed: counts[1],
+            reverted: counts[2],
+            skipped: counts[3],
+            untouched: counts[4],
+            max_out_of_service_seen: self.max_out_seen,
+            units: units.clone(),
+        });
+        Report { outcome, units, max_out_of_service_seen: self.max_out_seen, halt_reason: self.halt_reason }
+    }
+}

@@ -1,0 +1,275 @@
+//! The validated plan: what a config means once every check has passed.
+//! Nothing here can be wrong; the engine and the adapters take it as given.
+
+use crate::template::Template;
+use crate::unit::{address_sort_key, Host, Unit};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub app: String,
+    /// The config file this plan came from (for messages).
+    pub source: PathBuf,
+    pub ssh: SshSettings,
+    pub hosts: Vec<Arc<Host>>,
+    pub instances: Instances,
+    pub load_balancers: Vec<LbSpec>,
+    pub drain: DrainSpec,
+    pub deploy: DeploySpec,
+    pub health: Option<HealthSpec>,
+    pub strategy: StrategySpec,
+    pub targets: BTreeMap<String, TargetSpec>,
+    /// Where `.changeover/` (journal, local store) lives.
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct SshSettings {
+    pub config_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub max_connections: usize,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Instances {
+    pub count: u32,
+    pub first_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbScope {
+    Global,
+    Host,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbMethod {
+    State,
+    Weight,
+}
+
+#[derive(Debug, Clone)]
+pub enum LbKind {
+    Haproxy {
+        /// Unix socket path or `host:port`.
+        socket: String,
+        backend: Template,
+        server: Template,
+        method: LbMethod,
+    },
+    /// No balancer: units are deployed without take-out.
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct LbSpec {
+    pub kind: LbKind,
+    pub scope: LbScope,
+}
+
+impl LbSpec {
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            LbKind::Haproxy { .. } => "haproxy",
+            LbKind::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum DrainMode {
+    /// The balancer's own session count reaches 0.
+    Lb,
+    /// A plain pause of `timeout`.
+    Fixed,
+    /// A command (on the host) that exits 0 once the unit is drained; polled.
+    Command(Template),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnTimeout {
+    Fail,
+    Proceed,
+}
+
+#[derive(Debug, Clone)]
+pub struct DrainSpec {
+    pub mode: DrainMode,
+    pub timeout: Duration,
+    pub on_timeout: OnTimeout,
+    /// How often the session count or command is polled.
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeploySpec {
+    /// Run on the operator's machine, before the remote steps.
+    pub local: Vec<Template>,
+    /// Run on the host over SSH.
+    pub run: Vec<Template>,
+    /// Per-step timeout.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum HealthCheck {
+    Http {
+        url: Template,
+        expect_status: u16,
+        expect_body: Option<String>,
+    },
+    Tcp {
+        address: Template,
+    },
+    Command(Template),
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthSpec {
+    pub check: HealthCheck,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub deadline: Duration,
+}
+
+/// A count or a percentage of the units in play.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Amount {
+    Count(u64),
+    Percent(f64),
+}
+
+impl Amount {
+    /// Ansible `serial` semantics: a percentage of `total`, rounded down, at least 1.
+    pub fn of(&self, total: usize) -> usize {
+        let n = match *self {
+            Amount::Count(c) => c as usize,
+            Amount::Percent(p) => ((total as f64) * p / 100.0 + 1e-9).floor() as usize,
+        };
+        n.max(1)
+    }
+
+    /// For limits that may legitimately be zero (`max_failures`).
+    pub fn of_allow_zero(&self, total: usize) -> usize {
+        match *self {
+            Amount::Count(c) => c as usize,
+            Amount::Percent(p) => ((total as f64) * p / 100.0 + 1e-9).floor() as usize,
+        }
+    }
+}
+
+impl std::fmt::Display for Amount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Amount::Count(c) => write!(f, "{c}"),
+            Amount::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rollout {
+    /// Waves; the last entry repeats.
+    Batch(Vec<Amount>),
+    /// A sliding window: at most this many out of service at once.
+    Window(Amount),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StrategySpec {
+    pub rollout: Rollout,
+    pub max_failures: Amount,
+    pub pause: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TargetSpec {
+    pub tags: Vec<String>,
+    pub hosts: Vec<String>,
+    pub percent: Option<f64>,
+    pub require_message: bool,
+    pub partial: bool,
+}
+
+impl Plan {
+    /// Every unit of the fleet in the stable deploy order: by address, then
+    /// instance.
+    pub fn units(&self) -> Vec<Arc<Unit>> {
+        let mut hosts: Vec<&Arc<Host>> = self.hosts.iter().collect();
+        hosts.sort_by(|a, b| {
+            address_sort_key(&a.address)
+                .cmp(&address_sort_key(&b.address))
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        let mut units = Vec::with_capacity(hosts.len() * self.instances.count as usize);
+        for host in hosts {
+            for instance in 1..=self.instances.count {
+                units.push(Arc::new(Unit {
+                    index: units.len(),
+                    host: Arc::clone(host),
+                    instance,
+                    port: self
+                        .instances
+                        .first_port
+                        .map(|p| p + (instance as u16 - 1)),
+                }));
+            }
+        }
+        units
+    }
+
+    /// Units of a target (or the whole fleet), still in the stable order,
+    /// re-indexed from 0.
+    pub fn select(&self, target: Option<&str>) -> Result<Vec<Arc<Unit>>, String> {
+        let all = self.units();
+        let Some(name) = target else {
+            return Ok(all);
+        };
+        let spec = self.targets.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.targets.keys().map(String::as_str).collect();
+            if known.is_empty() {
+                format!("no target `{name}`: the config defines no [targets]")
+            } else {
+                format!("no target `{name}`; known targets: {}", known.join(", "))
+            }
+        })?;
+        let mut chosen: Vec<Arc<Unit>> = all
+            .into_iter()
+            .filter(|u| {
+                let by_tag = spec.tags.is_empty() || spec.tags.iter().any(|t| u.host.tags.contains(t));
+                let by_name = spec.hosts.is_empty() || spec.hosts.contains(&u.host.name);
+                by_tag && by_name
+            })
+            .collect();
+        if let Some(p) = spec.percent {
+            let keep = Amount::Percent(p).of(chosen.len()).min(chosen.len());
+            chosen.truncate(keep);
+        }
+        Ok(chosen
+            .into_iter()
+            .enumerate()
+            .map(|(i, u)| {
+                let mut u = (*u).clone();
+                u.index = i;
+                Arc::new(u)
+            })
+            .collect())
+    }
+
+    /// Whether anything in the plan runs over SSH (then preflight connects to
+    /// every host).
+    pub fn uses_ssh(&self) -> bool {
+        !self.deploy.run.is_empty()
+            || matches!(self.drain.mode, DrainMode::Command(_))
+            || matches!(
+                self.health.as_ref().map(|h| &h.check),
+                Some(HealthCheck::Command(_))
+            )
+            || self.load_balancers.iter().any(|l| l.scope == LbScope::Host)
+    }
+}
