@@ -76,10 +76,11 @@ pub struct MemberStatus {
 }
 
 impl MemberStatus {
-    /// In rotation and serving: what "back in" means.
+    /// In rotation and serving: what "back in" means. A balancer that does
+    /// not check its members (`Unknown`) is taken at its word.
     pub fn is_serving(&self) -> bool {
         self.admin == AdminState::Ready
-            && self.oper == OperState::Up
+            && self.oper != OperState::Down
             && self.weight.is_none_or(|w| w > 0)
     }
 }

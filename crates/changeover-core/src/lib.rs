@@ -13,3 +13,4 @@ pub mod planner;
 pub mod event;
 pub mod journal;
 pub mod engine;
+pub mod sim;

@@ -305,7 +305,7 @@ impl Walk {
             let mut waiting = None;
             for lb in &self.dep.balancers {
                 match lb.status(&[unit]).await.into_iter().next() {
-                    Some(Ok(s)) if s.is_serving() || (s.oper == crate::lb::OperState::Unknown && s.admin == crate::lb::AdminState::Ready) => {}
+                    Some(Ok(s)) if s.is_serving() => {}
                     Some(Ok(s)) => waiting = Some(format!("{} reports {} as \"{}\"", lb.label(), s.member, s.raw)),
                     Some(Err(e)) => waiting = Some(format!("{}: {e}", lb.label())),
                     None => {}

@@ -1,0 +1,142 @@
+//! In-memory implementations of the seams: a balancer, a remote and a probe
+//! with zero latency. For the engine's own tests and the rollout benchmark,
+//! where the engine must be measured alone. Failure injection is by unit
+//! name so tests can script one bad host.
+
+use crate::health::HealthProbe;
+use crate::lb::{AdminState, LbAction, LbCapabilities, LbError, LoadBalancer, MemberStatus, OperState};
+use crate::remote::{CommandOutput, Remote, RemoteError};
+use crate::unit::{Host, Unit};
+use async_trait::async_trait;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// A balancer that keeps member state in memory and records the highest
+/// number of members out of rotation at any moment.
+#[derive(Default)]
+pub struct SimBalancer {
+    state: Mutex<SimState>,
+}
+
+#[derive(Default)]
+struct SimState {
+    admin: HashMap<String, AdminState>,
+    out: usize,
+    max_out: usize,
+    changes: u64,
+}
+
+impl SimBalancer {
+    pub fn max_out(&self) -> usize {
+        self.state.lock().unwrap().max_out
+    }
+    pub fn changes(&self) -> u64 {
+        self.state.lock().unwrap().changes
+    }
+    pub fn admin(&self, unit: &str) -> AdminState {
+        *self.state.lock().unwrap().admin.get(unit).unwrap_or(&AdminState::Ready)
+    }
+}
+
+#[async_trait]
+impl LoadBalancer for SimBalancer {
+    fn label(&self) -> String {
+        "sim".into()
+    }
+    fn capabilities(&self) -> LbCapabilities {
+        LbCapabilities { counts_sessions: true, distinct_disable: true }
+    }
+    fn member_name(&self, unit: &Unit) -> String {
+        unit.name()
+    }
+    async fn status(&self, units: &[&Unit]) -> Vec<Result<MemberStatus, LbError>> {
+        let st = self.state.lock().unwrap();
+        units
+            .iter()
+            .map(|u| {
+                let admin = *st.admin.get(&u.name()).unwrap_or(&AdminState::Ready);
+                Ok(MemberStatus {
+                    member: u.name(),
+                    admin,
+                    oper: OperState::Up,
+                    weight: Some(1),
+                    sessions: Some(0),
+                    raw: format!("{admin:?}"),
+                })
+            })
+            .collect()
+    }
+    async fn apply(&self, units: &[&Unit], action: LbAction, _: Option<&[MemberStatus]>) -> Result<(), LbError> {
+        let mut st = self.state.lock().unwrap();
+        for u in units {
+            let new = match action {
+                LbAction::Drain => AdminState::Drain,
+                LbAction::Disable => AdminState::Maint,
+                LbAction::Enable => AdminState::Ready,
+            };
+            let old = st.admin.insert(u.name(), new).unwrap_or(AdminState::Ready);
+            match (old == AdminState::Ready, new == AdminState::Ready) {
+                (true, false) => st.out += 1,
+                (false, true) => st.out -= 1,
+                _ => {}
+            }
+            st.max_out = st.max_out.max(st.out);
+            st.changes += 1;
+        }
+        Ok(())
+    }
+}
+
+/// A remote whose commands succeed at once, except on hosts listed as failing.
+#[derive(Default)]
+pub struct SimRemote {
+    pub failing_hosts: HashSet<String>,
+    pub unreachable_hosts: HashSet<String>,
+    pub delay: Duration,
+}
+
+#[async_trait]
+impl Remote for SimRemote {
+    async fn connect_all(&self, hosts: &[&Host]) -> Vec<Result<(), RemoteError>> {
+        hosts
+            .iter()
+            .map(|h| {
+                if self.unreachable_hosts.contains(&h.name) {
+                    Err(RemoteError::Connect { host: h.name.clone(), message: "Connection refused".into() })
+                } else {
+                    Ok(())
+                }
+            })
+            .collect()
+    }
+    async fn run(&self, host: &Host, _command: &str, _timeout: Duration) -> Result<CommandOutput, RemoteError> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        if self.failing_hosts.contains(&host.name) {
+            return Ok(CommandOutput { status: Some(1), stdout: String::new(), stderr: "simulated failure".into() });
+        }
+        Ok(CommandOutput { status: Some(0), ..CommandOutput::default() })
+    }
+}
+
+/// A probe that passes at once, except for units listed as unhealthy.
+#[derive(Default)]
+pub struct SimProbe {
+    pub unhealthy_units: HashSet<String>,
+}
+
+#[async_trait]
+impl HealthProbe for SimProbe {
+    async fn probe(&self, unit: &Unit) -> Result<(), String> {
+        if self.unhealthy_units.contains(&unit.name()) {
+            Err("simulated: status 503".into())
+        } else {
+            Ok(())
+        }
+    }
+    fn describe(&self, unit: &Unit) -> String {
+        format!("sim://{unit}")
+    }
+}
