@@ -577,7 +577,12 @@ fn expand_home(path: &str) -> PathBuf {
 
 /// Turn toml's messages into ones with a hint.
 fn explain_toml_error(message: &str) -> (String, String) {
-    let message = message.trim().to_string();
+    let message = message
+        .trim()
+        .replace("expected i64", "expected a whole number")
+        .replace("expected u16", "expected a whole number")
+        .replace("expected f64", "expected a number")
+        .replace("expected a boolean", "expected true or false");
     let help = if message.contains("missing field") {
         "add the missing key to this table".to_string()
     } else if message.contains("invalid type") {

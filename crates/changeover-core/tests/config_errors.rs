@@ -1,0 +1,130 @@
+//! Bad configs are rejected with file, line, column and a hint (invariant 7).
+//! Snapshots of the rendered diagnostics, so a regression in wording or
+//! location shows up in review.
+
+use changeover_core::config;
+use miette::{GraphicalReportHandler, GraphicalTheme};
+use std::path::Path;
+
+const GOOD: &str = r#"app = "shop"
+
+[ssh]
+user = "deploy"
+max_connections = 64
+
+[[hosts]]
+name = "web-1"
+address = "10.0.10.1"
+tags = ["production"]
+
+[[hosts]]
+name = "web-2"
+address = "10.0.10.2"
+tags = ["production", "canary"]
+
+[[load_balancers]]
+kind = "haproxy"
+scope = "global"
+socket = "/run/haproxy/admin.sock"
+backend = "app"
+server = "{host}"
+method = "state"
+
+[drain]
+mode = "lb"
+timeout = "30s"
+on_timeout = "fail"
+
+[deploy]
+run = "sudo /opt/shop/bin/switch {version}"
+timeout = "5m"
+
+[health]
+http = "http://{address}:8080/health"
+expect_status = 200
+interval = "500ms"
+timeout = "2s"
+healthy_threshold = 2
+deadline = "60s"
+
+[strategy]
+batch = "25%"
+max_failures = 0
+
+[targets.canary]
+tags = ["canary"]
+require_message = true
+
+[targets.production10]
+tags = ["production"]
+percent = 10
+partial = true
+"#;
+
+fn render(text: &str) -> String {
+    let err = match config::parse("changeover.toml", text, Path::new(".")) {
+        Ok(_) => panic!("config was accepted:\n{text}"),
+        Err(e) => e,
+    };
+    let mut out = String::new();
+    for e in &err.errors {
+        out.push_str(&format!("@ {}\n", e.location));
+    }
+    GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor())
+        .with_width(100)
+        .render_report(&mut out, &err)
+        .unwrap();
+    out
+}
+
+fn bad(find: &str, replace: &str) -> String {
+    assert!(GOOD.contains(find), "fixture lacks {find:?}");
+    GOOD.replacen(find, replace, 1)
+}
+
+#[test]
+fn spec_example_is_valid() {
+    let loaded = config::parse("changeover.toml", GOOD, Path::new(".")).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    assert_eq!(loaded.plan.units().len(), 2);
+}
+
+#[test]
+fn unknown_key_is_a_warning_with_its_line() {
+    let loaded = config::parse("changeover.toml", &bad("backend = \"app\"", "backend = \"app\"\nsokcet = \"x\""), Path::new(".")).unwrap();
+    assert_eq!(loaded.warnings.len(), 1);
+    let w = &loaded.warnings[0];
+    assert_eq!(w.location, "changeover.toml:22:1");
+    assert!(w.message.contains("load_balancers.0.sokcet"), "{}", w.message);
+}
+
+macro_rules! snap {
+    ($name:ident, $find:expr, $replace:expr) => {
+        #[test]
+        fn $name() {
+            insta::assert_snapshot!(render(&bad($find, $replace)));
+        }
+    };
+}
+
+snap!(wrong_type, "max_connections = 64", "max_connections = \"many\"");
+snap!(unknown_kind, "kind = \"haproxy\"", "kind = \"haproxyy\"");
+snap!(bad_duration, "timeout = \"30s\"", "timeout = \"30 parsecs\"");
+snap!(batch_zero, "batch = \"25%\"", "batch = 0");
+snap!(batch_zero_percent, "batch = \"25%\"", "batch = \"0%\"");
+snap!(batch_over_100, "batch = \"25%\"", "batch = \"150%\"");
+snap!(empty_ramp, "batch = \"25%\"", "batch = []");
+snap!(unknown_placeholder, "switch {version}", "switch {verison}");
+snap!(duplicate_host_name, "name = \"web-2\"", "name = \"web-1\"");
+snap!(duplicate_address, "address = \"10.0.10.2\"", "address = \"10.0.10.1\"");
+snap!(missing_address, "address = \"10.0.10.2\"\n", "");
+snap!(bad_on_timeout, "on_timeout = \"fail\"", "on_timeout = \"retry\"");
+snap!(toml_syntax, "[strategy]", "[strategy");
+
+#[test]
+fn several_problems_are_reported_together() {
+    let text = bad("batch = \"25%\"", "batch = 0").replace("timeout = \"30s\"", "timeout = \"soon\"");
+    let out = render(&text);
+    assert!(out.contains("changeover.toml:27:11"), "{out}");
+    assert!(out.contains("changeover.toml:43:9"), "{out}");
+}
