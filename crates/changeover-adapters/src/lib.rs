@@ -1,14 +1,12 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! changeover-adapters: implementations of the core's seams.
+//!
+//! - [`lb`]: load balancers (HAProxy runtime API, …)
+//! - [`remote`]: command execution (SSH through the system OpenSSH, local)
+//! - [`health`]: health probes (http, tcp, command)
+//! - [`demo_app`]: the small well-behaved HTTP app used by `changeover demo`
+//!   and by the integration tests
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub mod demo_app;
+pub mod health;
+pub mod lb;
+pub mod remote;

@@ -45,7 +45,13 @@ fn config_text(n: usize) -> String {
          [health]\ntcp = \"{address}:80\"\ninterval = \"100ms\"\n[strategy]\nbatch = [1, \"10%\"]\n",
     );
     for i in 0..n {
-        let _ = write!(s, "[[hosts]]\nname = \"h{i}\"\naddress = \"10.{}.{}.{}\"\n", i / 65536, (i / 256) % 256, i % 256);
+        let _ = write!(
+            s,
+            "[[hosts]]\nname = \"h{i}\"\naddress = \"10.{}.{}.{}\"\n",
+            i / 65536,
+            (i / 256) % 256,
+            i % 256
+        );
     }
     s
 }
@@ -55,9 +61,17 @@ fn bench(n: usize) {
     PEAK.store(CURRENT.load(Ordering::Relaxed), Ordering::Relaxed);
     let base = CURRENT.load(Ordering::Relaxed);
     let t0 = std::time::Instant::now();
-    let plan = Arc::new(config::parse("bench.toml", &text, std::path::Path::new(".")).expect("valid").plan);
+    let plan = Arc::new(
+        config::parse("bench.toml", &text, std::path::Path::new("."))
+            .expect("valid")
+            .plan,
+    );
     let parsed = t0.elapsed();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
     let lb = Arc::new(SimBalancer::default());
     let remote = Arc::new(SimRemote::default());
     let report = rt.block_on(async {

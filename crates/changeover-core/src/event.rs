@@ -166,14 +166,28 @@ pub struct UnitResultJson {
 impl From<&UnitResult> for UnitResultJson {
     fn from(r: &UnitResult) -> Self {
         match r {
-            UnitResult::Updated => UnitResultJson { result: "updated", phase: None, error: None, in_rotation: true },
-            UnitResult::Failed { phase, error, in_rotation } => UnitResultJson {
+            UnitResult::Updated => UnitResultJson {
+                result: "updated",
+                phase: None,
+                error: None,
+                in_rotation: true,
+            },
+            UnitResult::Failed {
+                phase,
+                error,
+                in_rotation,
+            } => UnitResultJson {
                 result: "failed",
                 phase: Some(*phase),
                 error: Some(error.clone()),
                 in_rotation: *in_rotation,
             },
-            UnitResult::Reverted => UnitResultJson { result: "reverted", phase: None, error: None, in_rotation: true },
+            UnitResult::Reverted => UnitResultJson {
+                result: "reverted",
+                phase: None,
+                error: None,
+                in_rotation: true,
+            },
             UnitResult::Skipped { reason } => UnitResultJson {
                 result: "skipped",
                 phase: None,

@@ -82,10 +82,20 @@ pub struct FileJournal {
 impl FileJournal {
     pub fn open(dir: &Path) -> Result<FileJournal, JournalError> {
         let path = dir.join("journal.ndjson");
-        let wrap = |source| JournalError { path: path.clone(), source };
+        let wrap = |source| JournalError {
+            path: path.clone(),
+            source,
+        };
         std::fs::create_dir_all(dir).map_err(wrap)?;
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(wrap)?;
-        Ok(FileJournal { path, file: Mutex::new(file) })
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(wrap)?;
+        Ok(FileJournal {
+            path,
+            file: Mutex::new(file),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -96,17 +106,27 @@ impl FileJournal {
     /// last write after a crash) are skipped.
     pub fn read(path: &Path) -> std::io::Result<Vec<Stamped>> {
         let text = std::fs::read_to_string(path)?;
-        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
     }
 }
 
 impl Journal for FileJournal {
     fn append(&self, record: Record) -> Result<(), JournalError> {
-        let at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        let mut line = serde_json::to_string(&Stamped { at_ms, record }).expect("records serialize");
+        let at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut line =
+            serde_json::to_string(&Stamped { at_ms, record }).expect("records serialize");
         line.push('\n');
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        let wrap = |source| JournalError { path: self.path.clone(), source };
+        let wrap = |source| JournalError {
+            path: self.path.clone(),
+            source,
+        };
         file.write_all(line.as_bytes()).map_err(wrap)?;
         file.sync_data().map_err(wrap)
     }
@@ -120,7 +140,10 @@ pub struct MemoryJournal {
 
 impl Journal for MemoryJournal {
     fn append(&self, record: Record) -> Result<(), JournalError> {
-        self.records.lock().unwrap_or_else(|e| e.into_inner()).push(record);
+        self.records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(record);
         Ok(())
     }
 }

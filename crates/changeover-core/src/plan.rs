@@ -213,10 +213,7 @@ impl Plan {
                     index: units.len(),
                     host: Arc::clone(host),
                     instance,
-                    port: self
-                        .instances
-                        .first_port
-                        .map(|p| p + (instance as u16 - 1)),
+                    port: self.instances.first_port.map(|p| p + (instance as u16 - 1)),
                 }));
             }
         }
@@ -241,7 +238,8 @@ impl Plan {
         let mut chosen: Vec<Arc<Unit>> = all
             .into_iter()
             .filter(|u| {
-                let by_tag = spec.tags.is_empty() || spec.tags.iter().any(|t| u.host.tags.contains(t));
+                let by_tag =
+                    spec.tags.is_empty() || spec.tags.iter().any(|t| u.host.tags.contains(t));
                 let by_name = spec.hosts.is_empty() || spec.hosts.contains(&u.host.name);
                 by_tag && by_name
             })

@@ -31,7 +31,11 @@ pub fn waves(total: usize, rollout: &Rollout) -> Vec<Range<usize>> {
 /// batches, the window otherwise. Never below 1.
 pub fn out_of_service_bound(total: usize, rollout: &Rollout) -> usize {
     match rollout {
-        Rollout::Batch(_) => waves(total, rollout).iter().map(|w| w.len()).max().unwrap_or(1),
+        Rollout::Batch(_) => waves(total, rollout)
+            .iter()
+            .map(|w| w.len())
+            .max()
+            .unwrap_or(1),
         Rollout::Window(w) => w.of(total).min(total.max(1)),
     }
 }
@@ -50,14 +54,35 @@ mod tests {
 
     #[test]
     fn ansible_examples() {
-        let b = |r: Vec<Amount>, n| waves(n, &Rollout::Batch(r)).iter().map(|w| w.len()).collect::<Vec<_>>();
+        let b = |r: Vec<Amount>, n| {
+            waves(n, &Rollout::Batch(r))
+                .iter()
+                .map(|w| w.len())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(b(vec![Amount::Percent(25.0)], 8), vec![2, 2, 2, 2]);
-        assert_eq!(b(vec![Amount::Count(1), Amount::Percent(10.0), Amount::Percent(100.0)], 20), vec![1, 2, 17]);
+        assert_eq!(
+            b(
+                vec![
+                    Amount::Count(1),
+                    Amount::Percent(10.0),
+                    Amount::Percent(100.0)
+                ],
+                20
+            ),
+            vec![1, 2, 17]
+        );
         assert_eq!(b(vec![Amount::Percent(10.0)], 5), vec![1, 1, 1, 1, 1]);
         assert_eq!(b(vec![Amount::Count(3)], 7), vec![3, 3, 1]);
         assert_eq!(b(vec![Amount::Count(1)], 0), Vec::<usize>::new());
-        assert_eq!(out_of_service_bound(10, &Rollout::Window(Amount::Percent(25.0))), 2);
-        assert_eq!(out_of_service_bound(3, &Rollout::Window(Amount::Percent(10.0))), 1);
+        assert_eq!(
+            out_of_service_bound(10, &Rollout::Window(Amount::Percent(25.0))),
+            2
+        );
+        assert_eq!(
+            out_of_service_bound(3, &Rollout::Window(Amount::Percent(10.0))),
+            1
+        );
     }
 
     proptest! {

@@ -4,7 +4,9 @@
 //! name so tests can script one bad host.
 
 use crate::health::HealthProbe;
-use crate::lb::{AdminState, LbAction, LbCapabilities, LbError, LoadBalancer, MemberStatus, OperState};
+use crate::lb::{
+    AdminState, LbAction, LbCapabilities, LbError, LoadBalancer, MemberStatus, OperState,
+};
 use crate::remote::{CommandOutput, Remote, RemoteError};
 use crate::unit::{Host, Unit};
 use async_trait::async_trait;
@@ -35,7 +37,13 @@ impl SimBalancer {
         self.state.lock().unwrap().changes
     }
     pub fn admin(&self, unit: &str) -> AdminState {
-        *self.state.lock().unwrap().admin.get(unit).unwrap_or(&AdminState::Ready)
+        *self
+            .state
+            .lock()
+            .unwrap()
+            .admin
+            .get(unit)
+            .unwrap_or(&AdminState::Ready)
     }
 }
 
@@ -45,7 +53,10 @@ impl LoadBalancer for SimBalancer {
         "sim".into()
     }
     fn capabilities(&self) -> LbCapabilities {
-        LbCapabilities { counts_sessions: true, distinct_disable: true }
+        LbCapabilities {
+            counts_sessions: true,
+            distinct_disable: true,
+        }
     }
     fn member_name(&self, unit: &Unit) -> String {
         unit.name()
@@ -67,7 +78,12 @@ impl LoadBalancer for SimBalancer {
             })
             .collect()
     }
-    async fn apply(&self, units: &[&Unit], action: LbAction, _: Option<&[MemberStatus]>) -> Result<(), LbError> {
+    async fn apply(
+        &self,
+        units: &[&Unit],
+        action: LbAction,
+        _: Option<&[MemberStatus]>,
+    ) -> Result<(), LbError> {
         let mut st = self.state.lock().unwrap();
         for u in units {
             let new = match action {
@@ -103,21 +119,36 @@ impl Remote for SimRemote {
             .iter()
             .map(|h| {
                 if self.unreachable_hosts.contains(&h.name) {
-                    Err(RemoteError::Connect { host: h.name.clone(), message: "Connection refused".into() })
+                    Err(RemoteError::Connect {
+                        host: h.name.clone(),
+                        message: "Connection refused".into(),
+                    })
                 } else {
                     Ok(())
                 }
             })
             .collect()
     }
-    async fn run(&self, host: &Host, _command: &str, _timeout: Duration) -> Result<CommandOutput, RemoteError> {
+    async fn run(
+        &self,
+        host: &Host,
+        _command: &str,
+        _timeout: Duration,
+    ) -> Result<CommandOutput, RemoteError> {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
         if self.failing_hosts.contains(&host.name) {
-            return Ok(CommandOutput { status: Some(1), stdout: String::new(), stderr: "simulated failure".into() });
+            return Ok(CommandOutput {
+                status: Some(1),
+                stdout: String::new(),
+                stderr: "simulated failure".into(),
+            });
         }
-        Ok(CommandOutput { status: Some(0), ..CommandOutput::default() })
+        Ok(CommandOutput {
+            status: Some(0),
+            ..CommandOutput::default()
+        })
     }
 }
 

@@ -91,11 +91,20 @@ fn spec_example_is_valid() {
 
 #[test]
 fn unknown_key_is_a_warning_with_its_line() {
-    let loaded = config::parse("changeover.toml", &bad("backend = \"app\"", "backend = \"app\"\nsokcet = \"x\""), Path::new(".")).unwrap();
+    let loaded = config::parse(
+        "changeover.toml",
+        &bad("backend = \"app\"", "backend = \"app\"\nsokcet = \"x\""),
+        Path::new("."),
+    )
+    .unwrap();
     assert_eq!(loaded.warnings.len(), 1);
     let w = &loaded.warnings[0];
     assert_eq!(w.location, "changeover.toml:22:1");
-    assert!(w.message.contains("load_balancers.0.sokcet"), "{}", w.message);
+    assert!(
+        w.message.contains("load_balancers.0.sokcet"),
+        "{}",
+        w.message
+    );
 }
 
 macro_rules! snap {
@@ -107,23 +116,40 @@ macro_rules! snap {
     };
 }
 
-snap!(wrong_type, "max_connections = 64", "max_connections = \"many\"");
+snap!(
+    wrong_type,
+    "max_connections = 64",
+    "max_connections = \"many\""
+);
 snap!(unknown_kind, "kind = \"haproxy\"", "kind = \"haproxyy\"");
-snap!(bad_duration, "timeout = \"30s\"", "timeout = \"30 parsecs\"");
+snap!(
+    bad_duration,
+    "timeout = \"30s\"",
+    "timeout = \"30 parsecs\""
+);
 snap!(batch_zero, "batch = \"25%\"", "batch = 0");
 snap!(batch_zero_percent, "batch = \"25%\"", "batch = \"0%\"");
 snap!(batch_over_100, "batch = \"25%\"", "batch = \"150%\"");
 snap!(empty_ramp, "batch = \"25%\"", "batch = []");
 snap!(unknown_placeholder, "switch {version}", "switch {verison}");
 snap!(duplicate_host_name, "name = \"web-2\"", "name = \"web-1\"");
-snap!(duplicate_address, "address = \"10.0.10.2\"", "address = \"10.0.10.1\"");
+snap!(
+    duplicate_address,
+    "address = \"10.0.10.2\"",
+    "address = \"10.0.10.1\""
+);
 snap!(missing_address, "address = \"10.0.10.2\"\n", "");
-snap!(bad_on_timeout, "on_timeout = \"fail\"", "on_timeout = \"retry\"");
+snap!(
+    bad_on_timeout,
+    "on_timeout = \"fail\"",
+    "on_timeout = \"retry\""
+);
 snap!(toml_syntax, "[strategy]", "[strategy");
 
 #[test]
 fn several_problems_are_reported_together() {
-    let text = bad("batch = \"25%\"", "batch = 0").replace("timeout = \"30s\"", "timeout = \"soon\"");
+    let text =
+        bad("batch = \"25%\"", "batch = 0").replace("timeout = \"30s\"", "timeout = \"soon\"");
     let out = render(&text);
     assert!(out.contains("changeover.toml:27:11"), "{out}");
     assert!(out.contains("changeover.toml:43:9"), "{out}");

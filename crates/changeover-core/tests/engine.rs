@@ -18,9 +18,15 @@ fn plan(hosts: usize, strategy: &str) -> Arc<changeover_core::plan::Plan> {
          [strategy]\n{strategy}\n"
     );
     for i in 1..=hosts {
-        s.push_str(&format!("[[hosts]]\nname = \"web-{i}\"\naddress = \"10.0.0.{i}\"\n"));
+        s.push_str(&format!(
+            "[[hosts]]\nname = \"web-{i}\"\naddress = \"10.0.0.{i}\"\n"
+        ));
     }
-    Arc::new(config::parse("t.toml", &s, std::path::Path::new(".")).unwrap().plan)
+    Arc::new(
+        config::parse("t.toml", &s, std::path::Path::new("."))
+            .unwrap()
+            .plan,
+    )
 }
 
 struct Fixture {
@@ -29,7 +35,12 @@ struct Fixture {
     dep: Arc<Deployment>,
 }
 
-fn fixture(plan: Arc<changeover_core::plan::Plan>, remote: SimRemote, probe: SimProbe, forced: &[&str]) -> Fixture {
+fn fixture(
+    plan: Arc<changeover_core::plan::Plan>,
+    remote: SimRemote,
+    probe: SimProbe,
+    forced: &[&str],
+) -> Fixture {
     let lb = Arc::new(SimBalancer::default());
     let journal = Arc::new(MemoryJournal::default());
     let remote = Arc::new(remote);
@@ -55,16 +66,35 @@ fn fixture(plan: Arc<changeover_core::plan::Plan>, remote: SimRemote, probe: Sim
 async fn deploy(f: &Fixture) -> Report {
     let pf = engine::preflight(&f.dep).await;
     assert!(pf.go(), "preflight: {:?}", pf.problems);
-    engine::run(f.dep.clone(), &pf, CancellationToken::new(), CancellationToken::new()).await
+    engine::run(
+        f.dep.clone(),
+        &pf,
+        CancellationToken::new(),
+        CancellationToken::new(),
+    )
+    .await
 }
 
 fn state(r: &Report, unit: &str) -> String {
-    r.units.iter().find(|u| u.unit == unit).unwrap().state.clone()
+    r.units
+        .iter()
+        .find(|u| u.unit == unit)
+        .unwrap()
+        .state
+        .clone()
 }
 
 #[tokio::test(start_paused = true)]
 async fn batch_respects_bound_and_updates_all() {
-    let f = fixture(plan(8, "batch = \"25%\""), SimRemote { delay: Duration::from_secs(3), ..Default::default() }, SimProbe::default(), &[]);
+    let f = fixture(
+        plan(8, "batch = \"25%\""),
+        SimRemote {
+            delay: Duration::from_secs(3),
+            ..Default::default()
+        },
+        SimProbe::default(),
+        &[],
+    );
     let r = deploy(&f).await;
     assert_eq!(r.outcome, Outcome::Success);
     assert!(r.units.iter().all(|u| u.state == "updated"));
@@ -74,7 +104,15 @@ async fn batch_respects_bound_and_updates_all() {
 
 #[tokio::test(start_paused = true)]
 async fn window_keeps_the_window_full() {
-    let f = fixture(plan(10, "window = 3"), SimRemote { delay: Duration::from_secs(3), ..Default::default() }, SimProbe::default(), &[]);
+    let f = fixture(
+        plan(10, "window = 3"),
+        SimRemote {
+            delay: Duration::from_secs(3),
+            ..Default::default()
+        },
+        SimProbe::default(),
+        &[],
+    );
     let r = deploy(&f).await;
     assert_eq!(r.outcome, Outcome::Success);
     assert_eq!(f.lb.max_out(), 3);
@@ -82,7 +120,10 @@ async fn window_keeps_the_window_full() {
 
 #[tokio::test(start_paused = true)]
 async fn failed_step_halts_and_leaves_unit_out() {
-    let remote = SimRemote { failing_hosts: ["web-3".to_string()].into(), ..Default::default() };
+    let remote = SimRemote {
+        failing_hosts: ["web-3".to_string()].into(),
+        ..Default::default()
+    };
     let f = fixture(plan(6, "batch = 1"), remote, SimProbe::default(), &[]);
     let r = deploy(&f).await;
     assert_eq!(r.outcome, Outcome::Failed);
@@ -93,38 +134,70 @@ async fn failed_step_halts_and_leaves_unit_out() {
         assert_eq!(state(&r, later), "untouched");
         assert_eq!(f.lb.admin(later), AdminState::Ready);
     }
-    assert_eq!(f.lb.admin("web-3"), AdminState::Maint, "the failed unit stays out");
+    assert_eq!(
+        f.lb.admin("web-3"),
+        AdminState::Maint,
+        "the failed unit stays out"
+    );
     assert_eq!(f.lb.admin("web-2"), AdminState::Ready);
 }
 
 #[tokio::test(start_paused = true)]
 async fn unhealthy_unit_fails_at_deadline() {
-    let probe = SimProbe { unhealthy_units: ["web-2".to_string()].into() };
+    let probe = SimProbe {
+        unhealthy_units: ["web-2".to_string()].into(),
+    };
     let f = fixture(plan(4, "batch = 1"), SimRemote::default(), probe, &[]);
     let t0 = tokio::time::Instant::now();
     let r = deploy(&f).await;
     assert_eq!(r.outcome, Outcome::Failed);
     assert_eq!(state(&r, "web-2"), "failed");
     assert!(r.units[1].detail.as_ref().unwrap().contains("health"));
-    assert!(t0.elapsed() >= Duration::from_secs(4), "waited for the deadline");
+    assert!(
+        t0.elapsed() >= Duration::from_secs(4),
+        "waited for the deadline"
+    );
     assert_eq!(f.lb.admin("web-2"), AdminState::Maint);
     assert_eq!(state(&r, "web-3"), "untouched");
 }
 
 #[tokio::test(start_paused = true)]
 async fn max_failures_lets_the_rollout_go_on() {
-    let remote = SimRemote { failing_hosts: ["web-2".to_string()].into(), ..Default::default() };
-    let f = fixture(plan(5, "batch = 2\nmax_failures = 1"), remote, SimProbe::default(), &[]);
+    let remote = SimRemote {
+        failing_hosts: ["web-2".to_string()].into(),
+        ..Default::default()
+    };
+    let f = fixture(
+        plan(5, "batch = 2\nmax_failures = 1"),
+        remote,
+        SimProbe::default(),
+        &[],
+    );
     let r = deploy(&f).await;
-    assert_eq!(r.outcome, Outcome::Failed, "a failure is still a failed deploy");
+    assert_eq!(
+        r.outcome,
+        Outcome::Failed,
+        "a failure is still a failed deploy"
+    );
     assert_eq!(r.units.iter().filter(|u| u.state == "updated").count(), 4);
-    assert!(f.lb.max_out() <= 2, "the failed unit's place counts against the bound");
+    assert!(
+        f.lb.max_out() <= 2,
+        "the failed unit's place counts against the bound"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn forced_unreachable_host_is_skipped() {
-    let remote = SimRemote { unreachable_hosts: ["web-2".to_string()].into(), ..Default::default() };
-    let f = fixture(plan(3, "batch = 1"), remote, SimProbe::default(), &["web-2"]);
+    let remote = SimRemote {
+        unreachable_hosts: ["web-2".to_string()].into(),
+        ..Default::default()
+    };
+    let f = fixture(
+        plan(3, "batch = 1"),
+        remote,
+        SimProbe::default(),
+        &["web-2"],
+    );
     let r = deploy(&f).await;
     assert_eq!(r.outcome, Outcome::Success);
     assert_eq!(state(&r, "web-2"), "skipped");
@@ -132,7 +205,10 @@ async fn forced_unreachable_host_is_skipped() {
 
 #[tokio::test(start_paused = true)]
 async fn unreachable_host_is_no_go_without_force() {
-    let remote = SimRemote { unreachable_hosts: ["web-2".to_string()].into(), ..Default::default() };
+    let remote = SimRemote {
+        unreachable_hosts: ["web-2".to_string()].into(),
+        ..Default::default()
+    };
     let f = fixture(plan(3, "batch = 1"), remote, SimProbe::default(), &[]);
     let pf = engine::preflight(&f.dep).await;
     assert!(!pf.go());
@@ -142,7 +218,15 @@ async fn unreachable_host_is_no_go_without_force() {
 
 #[tokio::test(start_paused = true)]
 async fn stop_lets_in_flight_units_finish_and_go_back() {
-    let f = fixture(plan(6, "batch = 2"), SimRemote { delay: Duration::from_secs(10), ..Default::default() }, SimProbe::default(), &[]);
+    let f = fixture(
+        plan(6, "batch = 2"),
+        SimRemote {
+            delay: Duration::from_secs(10),
+            ..Default::default()
+        },
+        SimProbe::default(),
+        &[],
+    );
     let pf = engine::preflight(&f.dep).await;
     let stop = CancellationToken::new();
     let s2 = stop.clone();
@@ -162,7 +246,12 @@ async fn stop_lets_in_flight_units_finish_and_go_back() {
 
 #[tokio::test(start_paused = true)]
 async fn every_change_is_journaled_before_it_is_made() {
-    let f = fixture(plan(2, "batch = 1"), SimRemote::default(), SimProbe::default(), &[]);
+    let f = fixture(
+        plan(2, "batch = 1"),
+        SimRemote::default(),
+        SimProbe::default(),
+        &[],
+    );
     deploy(&f).await;
     let records = f.journal.records.lock().unwrap();
     let intents: Vec<LbAction> = records
@@ -173,7 +262,10 @@ async fn every_change_is_journaled_before_it_is_made() {
         })
         .collect();
     assert_eq!(intents.len() as u64, f.lb.changes());
-    assert_eq!(&intents[..3], &[LbAction::Drain, LbAction::Disable, LbAction::Enable]);
+    assert_eq!(
+        &intents[..3],
+        &[LbAction::Drain, LbAction::Disable, LbAction::Enable]
+    );
     assert!(matches!(records.first(), Some(Record::Begin { .. })));
     assert!(matches!(records.last(), Some(Record::End { .. })));
 }

@@ -1,3 +1,212 @@
-fn main() {
-    println!("Hello, world!");
+//! changeover: the binary. Thin: parse the command line, load the plan, wire
+//! adapters into the engine, render events, map outcomes to exit codes.
+
+mod cli;
+mod plan_view;
+mod reporter;
+mod wiring;
+
+use changeover_core::config::{self, ConfigErrors};
+use changeover_core::engine;
+use changeover_core::event::Outcome;
+use clap::Parser;
+use cli::{Cli, Command};
+use reporter::Reporter;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Exit codes (SPEC.md).
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILED: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const NO_GO: u8 = 3;
+    pub const INTERRUPTED: u8 = 130;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    ExitCode::from(runtime.block_on(run(cli)))
+}
+
+async fn run(cli: Cli) -> u8 {
+    if let Command::DemoApp(args) = &cli.command {
+        return demo_app(args).await;
+    }
+    let loaded = match config::load(&cli.config) {
+        Ok(l) => l,
+        Err(errors) => {
+            report_config_errors(&cli, errors);
+            return exit::USAGE;
+        }
+    };
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+        if cli.json {
+            println!(
+                "{}",
+                serde_json::json!({"schema": 1, "event": "config_warning", "key": w.key, "location": w.location, "message": w.message})
+            );
+        }
+    }
+    let plan = Arc::new(loaded.plan);
+    let reporter = Arc::new(Reporter {
+        json: cli.json,
+        quiet: cli.quiet,
+    });
+    match cli.command {
+        Command::Plan { target, version } => {
+            match plan_view::render(&plan, target.target.as_deref(), &version) {
+                Ok(text) => {
+                    print!("{text}");
+                    exit::OK
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    exit::USAGE
+                }
+            }
+        }
+        Command::Check(target) => {
+            let dep = match wiring::deployment(
+                &plan,
+                target.target.as_deref(),
+                "check",
+                &[],
+                reporter.clone(),
+            ) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::USAGE;
+                }
+            };
+            let pf = engine::preflight(&dep).await;
+            dep.remote.close().await;
+            wiring::report_preflight(&dep, &pf);
+            if pf.go() {
+                eprintln!(
+                    "go: {} unit(s) on {} host(s) ready to deploy",
+                    dep.units.len() - pf.skipped.len(),
+                    wiring::host_count(&dep)
+                );
+                exit::OK
+            } else {
+                exit::NO_GO
+            }
+        }
+        Command::Deploy {
+            target,
+            version,
+            message: _,
+            force,
+        } => {
+            let dep = match wiring::deployment(
+                &plan,
+                target.target.as_deref(),
+                &version,
+                &force,
+                reporter.clone(),
+            ) {
+                Ok(d) => Arc::new(d),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::USAGE;
+                }
+            };
+            let pf = engine::preflight(&dep).await;
+            wiring::report_preflight(&dep, &pf);
+            if !pf.go() {
+                dep.remote.close().await;
+                eprintln!("no-go: nothing was changed");
+                return exit::NO_GO;
+            }
+            let stop = CancellationToken::new();
+            let abort = CancellationToken::new();
+            let signals = tokio::spawn(watch_signals(stop.clone(), abort.clone()));
+            let report = engine::run(Arc::clone(&dep), &pf, stop, abort).await;
+            signals.abort();
+            dep.remote.close().await;
+            match report.outcome {
+                Outcome::Success => exit::OK,
+                Outcome::Failed => exit::FAILED,
+                Outcome::Interrupted => exit::INTERRUPTED,
+            }
+        }
+        Command::DemoApp(_) => unreachable!("handled above"),
+    }
+}
+
+/// First Ctrl-C or SIGTERM: stop starting units. Second: stop at once.
+async fn watch_signals(stop: CancellationToken, abort: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    let mut count = 0;
+    loop {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        count += 1;
+        if count == 1 {
+            stop.cancel();
+        } else {
+            abort.cancel();
+            return;
+        }
+    }
+}
+
+fn report_config_errors(cli: &Cli, errors: ConfigErrors) {
+    if cli.json {
+        let list: Vec<_> = errors
+            .errors
+            .iter()
+            .map(|e| serde_json::json!({"message": e.message, "location": e.location, "help": e.help}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"schema": 1, "event": "config_error", "errors": list})
+        );
+    }
+    // One grep-able (and editor-clickable) line per problem, then the
+    // rendered diagnostics with the source excerpt and the hint.
+    for e in &errors.errors {
+        eprintln!("error: {}: {}", e.location, e.message);
+    }
+    eprintln!("{:?}", miette::Report::new(errors));
+}
+
+async fn demo_app(args: &cli::DemoAppArgs) -> u8 {
+    let opts = changeover_adapters::demo_app::DemoAppOptions {
+        listen: args.listen,
+        version: args.version.clone(),
+        boot_time: args.boot_time,
+        think_time: args.think_time,
+        unhealthy_file: args.unhealthy_file.clone(),
+        pid_file: args.pid_file.clone(),
+    };
+    match changeover_adapters::demo_app::serve(opts).await {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("demo app on {}: {e}", args.listen);
+            exit::FAILED
+        }
+    }
 }

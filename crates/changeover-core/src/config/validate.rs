@@ -15,7 +15,13 @@ use std::time::Duration;
 use toml::Value;
 
 const LB_KINDS: &[&str] = &[
-    "haproxy", "elb", "elbv2", "rackspace", "octavia", "embedded", "none",
+    "haproxy",
+    "elb",
+    "elbv2",
+    "rackspace",
+    "octavia",
+    "embedded",
+    "none",
 ];
 const LB_KINDS_AVAILABLE: &[&str] = &["haproxy", "none"];
 
@@ -115,11 +121,22 @@ impl<'a> Validator<'a> {
         ));
     }
 
-    fn duration(&mut self, path: P, raw: Option<&String>, default: Duration, allow_zero: bool) -> Duration {
+    fn duration(
+        &mut self,
+        path: P,
+        raw: Option<&String>,
+        default: Duration,
+        allow_zero: bool,
+    ) -> Duration {
         let Some(text) = raw else { return default };
         match humantime::parse_duration(text) {
             Ok(d) if d.is_zero() && !allow_zero => {
-                self.err(path, format!("duration `{text}` must be more than zero"), "zero", "give a positive duration such as \"30s\"");
+                self.err(
+                    path,
+                    format!("duration `{text}` must be more than zero"),
+                    "zero",
+                    "give a positive duration such as \"30s\"",
+                );
                 default
             }
             Ok(d) => d,
@@ -156,7 +173,11 @@ impl<'a> Validator<'a> {
                     "unknown placeholder",
                     Some(format!(
                         "{suggestion}placeholders are {}; write `{{{{` for a literal brace",
-                        PLACEHOLDERS.iter().map(|p| format!("{{{p}}}")).collect::<Vec<_>>().join(" ")
+                        PLACEHOLDERS
+                            .iter()
+                            .map(|p| format!("{{{p}}}"))
+                            .collect::<Vec<_>>()
+                            .join(" ")
                     )),
                 ));
                 None
@@ -164,7 +185,13 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn choice<'v>(&mut self, path: P, value: Option<&'v String>, allowed: &[&'v str], default: &'v str) -> &'v str {
+    fn choice<'v>(
+        &mut self,
+        path: P,
+        value: Option<&'v String>,
+        allowed: &[&'v str],
+        default: &'v str,
+    ) -> &'v str {
         let Some(v) = value else { return default };
         if let Some(found) = allowed.iter().find(|a| **a == v.as_str()) {
             return found;
@@ -177,7 +204,14 @@ impl<'a> Validator<'a> {
             path,
             format!("`{v}` is not a valid {key}"),
             "not allowed here",
-            format!("use one of: {}", allowed.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ")),
+            format!(
+                "use one of: {}",
+                allowed
+                    .iter()
+                    .map(|a| format!("\"{a}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         );
         default
     }
@@ -190,30 +224,54 @@ impl<'a> Validator<'a> {
             "write a whole number of units (1 or more) or a percentage such as \"25%\" (more than 0 %, at most 100 %)"
         };
         match value {
-            Value::Integer(n) if *n > 0 || (allow_zero && *n == 0) => Some(Amount::Count(*n as u64)),
+            Value::Integer(n) if *n > 0 || (allow_zero && *n == 0) => {
+                Some(Amount::Count(*n as u64))
+            }
             Value::Integer(n) => {
                 self.err(path, format!("{n} is not allowed here"), "too small", help);
                 None
             }
             Value::String(s) => {
                 let Some(num) = s.trim().strip_suffix('%') else {
-                    self.err(path, format!("`{s}` is neither a number nor a percentage"), "expected a count or \"N%\"", help);
+                    self.err(
+                        path,
+                        format!("`{s}` is neither a number nor a percentage"),
+                        "expected a count or \"N%\"",
+                        help,
+                    );
                     return None;
                 };
                 match num.trim().parse::<f64>() {
-                    Ok(p) if p.is_finite() && p <= 100.0 && (p > 0.0 || (allow_zero && p == 0.0)) => Some(Amount::Percent(p)),
+                    Ok(p)
+                        if p.is_finite() && p <= 100.0 && (p > 0.0 || (allow_zero && p == 0.0)) =>
+                    {
+                        Some(Amount::Percent(p))
+                    }
                     Ok(p) => {
                         self.err(path, format!("{p}% is out of range"), "out of range", help);
                         None
                     }
                     Err(_) => {
-                        self.err(path, format!("`{s}` is not a percentage"), "not a percentage", help);
+                        self.err(
+                            path,
+                            format!("`{s}` is not a percentage"),
+                            "not a percentage",
+                            help,
+                        );
                         None
                     }
                 }
             }
             other => {
-                self.err(path, format!("expected a count or a percentage, found {}", other.type_str()), "wrong type", help);
+                self.err(
+                    path,
+                    format!(
+                        "expected a count or a percentage, found {}",
+                        other.type_str()
+                    ),
+                    "wrong type",
+                    help,
+                );
                 None
             }
         }
@@ -223,11 +281,21 @@ impl<'a> Validator<'a> {
         let app = match raw.app {
             Some(a) if !a.trim().is_empty() => a,
             Some(_) => {
-                self.err(path!["app"], "app must not be empty", "empty", "name the application, e.g. app = \"shop\"");
+                self.err(
+                    path!["app"],
+                    "app must not be empty",
+                    "empty",
+                    "name the application, e.g. app = \"shop\"",
+                );
                 String::new()
             }
             None => {
-                self.err(vec![], "missing required key `app`", "", "add a line such as app = \"shop\" at the top of the file");
+                self.err(
+                    vec![],
+                    "missing required key `app`",
+                    "",
+                    "add a line such as app = \"shop\" at the top of the file",
+                );
                 String::new()
             }
         };
@@ -268,7 +336,12 @@ impl<'a> Validator<'a> {
             None => 64,
             Some(n) if n >= 1 => n as usize,
             Some(n) => {
-                self.err(path!["ssh", "max_connections"], format!("max_connections = {n} would never connect"), "must be at least 1", "set how many SSH connections may be opened at once, e.g. 64");
+                self.err(
+                    path!["ssh", "max_connections"],
+                    format!("max_connections = {n} would never connect"),
+                    "must be at least 1",
+                    "set how many SSH connections may be opened at once, e.g. 64",
+                );
                 64
             }
         };
@@ -276,13 +349,23 @@ impl<'a> Validator<'a> {
             config_file: raw.config_file.map(|f| expand_home(&f)),
             user: raw.user,
             max_connections,
-            connect_timeout: self.duration(path!["ssh", "connect_timeout"], raw.connect_timeout.as_ref(), Duration::from_secs(10), false),
+            connect_timeout: self.duration(
+                path!["ssh", "connect_timeout"],
+                raw.connect_timeout.as_ref(),
+                Duration::from_secs(10),
+                false,
+            ),
         }
     }
 
     fn hosts(&mut self, raw: Vec<RawHost>) -> Vec<Arc<Host>> {
         if raw.is_empty() {
-            self.err(vec![], "no hosts in the config", "", "add at least one [[hosts]] table with name and address");
+            self.err(
+                vec![],
+                "no hosts in the config",
+                "",
+                "add at least one [[hosts]] table with name and address",
+            );
         }
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut addresses: HashMap<(String, Option<i64>), usize> = HashMap::new();
@@ -292,10 +375,20 @@ impl<'a> Validator<'a> {
                 self.err(path!["hosts", i, "name"], format!("host name `{}` is not usable", h.name), "bad name", "host names are non-empty and contain no spaces or commas (they are used in --force lists)");
             }
             if h.address.trim().is_empty() {
-                self.err(path!["hosts", i, "address"], "host address is empty", "empty", "give the host's IP address or DNS name");
+                self.err(
+                    path!["hosts", i, "address"],
+                    "host address is empty",
+                    "empty",
+                    "give the host's IP address or DNS name",
+                );
             }
             if let Some(first) = names.insert(h.name.clone(), i) {
-                self.err(path!["hosts", i, "name"], format!("duplicate host name `{}` (also hosts[{first}])", h.name), "duplicate", "every host needs a unique name");
+                self.err(
+                    path!["hosts", i, "name"],
+                    format!("duplicate host name `{}` (also hosts[{first}])", h.name),
+                    "duplicate",
+                    "every host needs a unique name",
+                );
             }
             if let Some(first) = addresses.insert((h.address.clone(), h.ssh_port), i) {
                 self.err(path!["hosts", i, "address"], format!("duplicate host address `{}` (also hosts[{first}])", h.address), "duplicate", "two hosts with one address would be deployed twice; remove one or use [instances] for several app instances per host");
@@ -304,7 +397,12 @@ impl<'a> Validator<'a> {
                 None => None,
                 Some(p) if (1..=65535).contains(&p) => Some(p as u16),
                 Some(p) => {
-                    self.err(path!["hosts", i, "ssh_port"], format!("{p} is not a TCP port"), "out of range", "ports are 1 to 65535");
+                    self.err(
+                        path!["hosts", i, "ssh_port"],
+                        format!("{p} is not a TCP port"),
+                        "out of range",
+                        "ports are 1 to 65535",
+                    );
                     None
                 }
             };
@@ -321,13 +419,21 @@ impl<'a> Validator<'a> {
 
     fn instances(&mut self, raw: Option<RawInstances>) -> Instances {
         let Some(raw) = raw else {
-            return Instances { count: 1, first_port: None };
+            return Instances {
+                count: 1,
+                first_port: None,
+            };
         };
         let count = match raw.count {
             None => 1,
             Some(n) if (1..=1000).contains(&n) => n as u32,
             Some(n) => {
-                self.err(path!["instances", "count"], format!("{n} instances per host is not allowed"), "out of range", "count is 1 to 1000");
+                self.err(
+                    path!["instances", "count"],
+                    format!("{n} instances per host is not allowed"),
+                    "out of range",
+                    "count is 1 to 1000",
+                );
                 1
             }
         };
@@ -335,7 +441,15 @@ impl<'a> Validator<'a> {
             None => None,
             Some(p) if p >= 1 && p + count as i64 - 1 <= 65535 => Some(p as u16),
             Some(p) => {
-                self.err(path!["instances", "first_port"], format!("ports {p}..{} are not all valid TCP ports", p + count as i64 - 1), "out of range", "instance k listens on first_port + k - 1, which must be 1 to 65535");
+                self.err(
+                    path!["instances", "first_port"],
+                    format!(
+                        "ports {p}..{} are not all valid TCP ports",
+                        p + count as i64 - 1
+                    ),
+                    "out of range",
+                    "instance k listens on first_port + k - 1, which must be 1 to 65535",
+                );
                 None
             }
         };
@@ -349,17 +463,42 @@ impl<'a> Validator<'a> {
         let mut out = Vec::new();
         for (i, lb) in raw.into_iter().enumerate() {
             if !LB_KINDS.contains(&lb.kind.as_str()) {
-                let hint = closest(&lb.kind, LB_KINDS).map(|s| format!("did you mean \"{s}\"? ")).unwrap_or_default();
-                self.err(path!["load_balancers", i, "kind"], format!("unknown load balancer kind `{}`", lb.kind), "unknown kind", format!("{hint}kinds are: {}", LB_KINDS.join(", ")));
+                let hint = closest(&lb.kind, LB_KINDS)
+                    .map(|s| format!("did you mean \"{s}\"? "))
+                    .unwrap_or_default();
+                self.err(
+                    path!["load_balancers", i, "kind"],
+                    format!("unknown load balancer kind `{}`", lb.kind),
+                    "unknown kind",
+                    format!("{hint}kinds are: {}", LB_KINDS.join(", ")),
+                );
                 continue;
             }
             if !LB_KINDS_AVAILABLE.contains(&lb.kind.as_str()) {
-                self.err(path!["load_balancers", i, "kind"], format!("load balancer kind `{}` is not available in this version of changeover", lb.kind), "not available yet", format!("available now: {}", LB_KINDS_AVAILABLE.join(", ")));
+                self.err(
+                    path!["load_balancers", i, "kind"],
+                    format!(
+                        "load balancer kind `{}` is not available in this version of changeover",
+                        lb.kind
+                    ),
+                    "not available yet",
+                    format!("available now: {}", LB_KINDS_AVAILABLE.join(", ")),
+                );
                 continue;
             }
-            let scope = match self.choice(path!["load_balancers", i, "scope"], lb.scope.as_ref(), &["global", "host"], "global") {
+            let scope = match self.choice(
+                path!["load_balancers", i, "scope"],
+                lb.scope.as_ref(),
+                &["global", "host"],
+                "global",
+            ) {
                 "host" => {
-                    self.err(path!["load_balancers", i, "scope"], "scope = \"host\" is not available in this version of changeover", "not available yet", "use scope = \"global\" (one balancer endpoint for the fleet)");
+                    self.err(
+                        path!["load_balancers", i, "scope"],
+                        "scope = \"host\" is not available in this version of changeover",
+                        "not available yet",
+                        "use scope = \"global\" (one balancer endpoint for the fleet)",
+                    );
                     LbScope::Host
                 }
                 _ => LbScope::Global,
@@ -374,18 +513,33 @@ impl<'a> Validator<'a> {
                     let backend = match &lb.backend {
                         Some(b) => self.template(path!["load_balancers", i, "backend"], b),
                         None => {
-                            self.err(path!["load_balancers", i], "haproxy balancer without `backend`", "this balancer", "set backend = \"<the HAProxy backend the servers are in>\"");
+                            self.err(
+                                path!["load_balancers", i],
+                                "haproxy balancer without `backend`",
+                                "this balancer",
+                                "set backend = \"<the HAProxy backend the servers are in>\"",
+                            );
                             None
                         }
                     };
                     let server_src = lb.server.clone().unwrap_or_else(|| "{host}".into());
                     let server = self.template(path!["load_balancers", i, "server"], &server_src);
-                    let method = match self.choice(path!["load_balancers", i, "method"], lb.method.as_ref(), &["state", "weight"], "state") {
+                    let method = match self.choice(
+                        path!["load_balancers", i, "method"],
+                        lb.method.as_ref(),
+                        &["state", "weight"],
+                        "state",
+                    ) {
                         "weight" => LbMethod::Weight,
                         _ => LbMethod::State,
                     };
                     match (backend, server) {
-                        (Some(backend), Some(server)) => LbKind::Haproxy { socket, backend, server, method },
+                        (Some(backend), Some(server)) => LbKind::Haproxy {
+                            socket,
+                            backend,
+                            server,
+                            method,
+                        },
                         _ => continue,
                     }
                 }
@@ -396,10 +550,25 @@ impl<'a> Validator<'a> {
     }
 
     fn drain(&mut self, raw: Option<RawDrain>, lbs: &[LbSpec]) -> Option<DrainSpec> {
-        let raw = raw.unwrap_or(RawDrain { mode: None, timeout: None, on_timeout: None, interval: None, command: None });
+        let raw = raw.unwrap_or(RawDrain {
+            mode: None,
+            timeout: None,
+            on_timeout: None,
+            interval: None,
+            command: None,
+        });
         let counting = lbs.iter().any(|l| matches!(l.kind, LbKind::Haproxy { .. }));
-        let default_mode = if counting || lbs.is_empty() { "lb" } else { "fixed" };
-        let mode = match self.choice(path!["drain", "mode"], raw.mode.as_ref(), &["lb", "host", "fixed", "command"], default_mode) {
+        let default_mode = if counting || lbs.is_empty() {
+            "lb"
+        } else {
+            "fixed"
+        };
+        let mode = match self.choice(
+            path!["drain", "mode"],
+            raw.mode.as_ref(),
+            &["lb", "host", "fixed", "command"],
+            default_mode,
+        ) {
             "lb" => {
                 if !counting && !lbs.is_empty() {
                     self.err(path!["drain", "mode"], "drain mode \"lb\" needs a balancer that counts sessions, and none configured does", "no balancer can count sessions", "use mode = \"fixed\" (a pause) or \"command\"");
@@ -407,7 +576,12 @@ impl<'a> Validator<'a> {
                 DrainMode::Lb
             }
             "host" => {
-                self.err(path!["drain", "mode"], "drain mode \"host\" is not available in this version of changeover", "not available yet", "use \"lb\", \"fixed\" or \"command\"");
+                self.err(
+                    path!["drain", "mode"],
+                    "drain mode \"host\" is not available in this version of changeover",
+                    "not available yet",
+                    "use \"lb\", \"fixed\" or \"command\"",
+                );
                 DrainMode::Fixed
             }
             "command" => match &raw.command {
@@ -419,20 +593,37 @@ impl<'a> Validator<'a> {
             },
             _ => DrainMode::Fixed,
         };
-        let on_timeout = match self.choice(path!["drain", "on_timeout"], raw.on_timeout.as_ref(), &["fail", "proceed"], "fail") {
+        let on_timeout = match self.choice(
+            path!["drain", "on_timeout"],
+            raw.on_timeout.as_ref(),
+            &["fail", "proceed"],
+            "fail",
+        ) {
             "proceed" => OnTimeout::Proceed,
             _ => OnTimeout::Fail,
         };
         Some(DrainSpec {
             mode,
-            timeout: self.duration(path!["drain", "timeout"], raw.timeout.as_ref(), Duration::from_secs(30), true),
+            timeout: self.duration(
+                path!["drain", "timeout"],
+                raw.timeout.as_ref(),
+                Duration::from_secs(30),
+                true,
+            ),
             on_timeout,
-            interval: self.duration(path!["drain", "interval"], raw.interval.as_ref(), Duration::from_millis(200), false),
+            interval: self.duration(
+                path!["drain", "interval"],
+                raw.interval.as_ref(),
+                Duration::from_millis(200),
+                false,
+            ),
         })
     }
 
     fn commands(&mut self, path: P, value: Option<&Value>) -> Vec<Template> {
-        let Some(value) = value else { return Vec::new() };
+        let Some(value) = value else {
+            return Vec::new();
+        };
         let help = "give a command string or a list of command strings";
         match value {
             Value::String(s) => self.template(path, s).into_iter().collect(),
@@ -443,13 +634,26 @@ impl<'a> Validator<'a> {
                     p.push(Seg::Index(i));
                     match item {
                         Value::String(s) => out.extend(self.template(p, s)),
-                        other => self.err(p, format!("expected a command string, found {}", other.type_str()), "not a string", help),
+                        other => self.err(
+                            p,
+                            format!("expected a command string, found {}", other.type_str()),
+                            "not a string",
+                            help,
+                        ),
                     }
                 }
                 out
             }
             other => {
-                self.err(path, format!("expected a command string or a list, found {}", other.type_str()), "wrong type", help);
+                self.err(
+                    path,
+                    format!(
+                        "expected a command string or a list, found {}",
+                        other.type_str()
+                    ),
+                    "wrong type",
+                    help,
+                );
                 Vec::new()
             }
         }
@@ -468,12 +672,20 @@ impl<'a> Validator<'a> {
         Some(DeploySpec {
             local,
             run,
-            timeout: self.duration(path!["deploy", "timeout"], raw.timeout.as_ref(), Duration::from_secs(300), false),
+            timeout: self.duration(
+                path!["deploy", "timeout"],
+                raw.timeout.as_ref(),
+                Duration::from_secs(300),
+                false,
+            ),
         })
     }
 
     fn health(&mut self, raw: RawHealth) -> Option<HealthSpec> {
-        let given = [raw.http.is_some(), raw.tcp.is_some(), raw.command.is_some()].iter().filter(|b| **b).count();
+        let given = [raw.http.is_some(), raw.tcp.is_some(), raw.command.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count();
         if given != 1 {
             self.err(path!["health"], if given == 0 { "[health] names no check" } else { "[health] names more than one check" }, "here", "set exactly one of http = \"http://{address}:8080/health\", tcp = \"{address}:8080\" or command = \"...\"");
             return None;
@@ -482,48 +694,115 @@ impl<'a> Validator<'a> {
             None => 200,
             Some(s) if (100..=599).contains(&s) => s as u16,
             Some(s) => {
-                self.err(path!["health", "expect_status"], format!("{s} is not an HTTP status"), "out of range", "use a status code from 100 to 599, usually 200");
+                self.err(
+                    path!["health", "expect_status"],
+                    format!("{s} is not an HTTP status"),
+                    "out of range",
+                    "use a status code from 100 to 599, usually 200",
+                );
                 200
             }
         };
         let check = if let Some(url) = &raw.http {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                self.err(path!["health", "http"], format!("`{url}` is not an http(s) URL"), "not a URL", "write a URL such as \"http://{address}:8080/health\"");
+                self.err(
+                    path!["health", "http"],
+                    format!("`{url}` is not an http(s) URL"),
+                    "not a URL",
+                    "write a URL such as \"http://{address}:8080/health\"",
+                );
             }
-            HealthCheck::Http { url: self.template(path!["health", "http"], url)?, expect_status, expect_body: raw.expect_body.clone() }
+            HealthCheck::Http {
+                url: self.template(path!["health", "http"], url)?,
+                expect_status,
+                expect_body: raw.expect_body.clone(),
+            }
         } else if let Some(addr) = &raw.tcp {
-            HealthCheck::Tcp { address: self.template(path!["health", "tcp"], addr)? }
+            HealthCheck::Tcp {
+                address: self.template(path!["health", "tcp"], addr)?,
+            }
         } else {
-            HealthCheck::Command(self.template(path!["health", "command"], raw.command.as_deref().unwrap_or_default())?)
+            HealthCheck::Command(self.template(
+                path!["health", "command"],
+                raw.command.as_deref().unwrap_or_default(),
+            )?)
         };
         let healthy_threshold = match raw.healthy_threshold {
             None => 1,
             Some(n) if (1..=1000).contains(&n) => n as u32,
             Some(n) => {
-                self.err(path!["health", "healthy_threshold"], format!("healthy_threshold = {n} is not allowed"), "out of range", "the number of consecutive passing checks, 1 or more");
+                self.err(
+                    path!["health", "healthy_threshold"],
+                    format!("healthy_threshold = {n} is not allowed"),
+                    "out of range",
+                    "the number of consecutive passing checks, 1 or more",
+                );
                 1
             }
         };
-        let interval = self.duration(path!["health", "interval"], raw.interval.as_ref(), Duration::from_secs(1), false);
-        let timeout = self.duration(path!["health", "timeout"], raw.timeout.as_ref(), Duration::from_secs(2), false);
-        let deadline = self.duration(path!["health", "deadline"], raw.deadline.as_ref(), Duration::from_secs(60), false);
+        let interval = self.duration(
+            path!["health", "interval"],
+            raw.interval.as_ref(),
+            Duration::from_secs(1),
+            false,
+        );
+        let timeout = self.duration(
+            path!["health", "timeout"],
+            raw.timeout.as_ref(),
+            Duration::from_secs(2),
+            false,
+        );
+        let deadline = self.duration(
+            path!["health", "deadline"],
+            raw.deadline.as_ref(),
+            Duration::from_secs(60),
+            false,
+        );
         if deadline < timeout {
-            self.err(path!["health", "deadline"], "the health deadline is shorter than one check's timeout", "too short", "the deadline bounds all checks of a unit; make it longer than timeout");
+            self.err(
+                path!["health", "deadline"],
+                "the health deadline is shorter than one check's timeout",
+                "too short",
+                "the deadline bounds all checks of a unit; make it longer than timeout",
+            );
         }
-        Some(HealthSpec { check, interval, timeout, healthy_threshold, deadline })
+        Some(HealthSpec {
+            check,
+            interval,
+            timeout,
+            healthy_threshold,
+            deadline,
+        })
     }
 
     fn strategy(&mut self, raw: Option<RawStrategy>) -> Option<StrategySpec> {
-        let raw = raw.unwrap_or(RawStrategy { batch: None, window: None, max_failures: None, pause: None });
+        let raw = raw.unwrap_or(RawStrategy {
+            batch: None,
+            window: None,
+            max_failures: None,
+            pause: None,
+        });
         let rollout = match (&raw.batch, &raw.window) {
             (Some(_), Some(_)) => {
-                self.err(path!["strategy", "window"], "both batch and window are set", "one of them", "use batch (waves) or window (a sliding window), not both");
+                self.err(
+                    path!["strategy", "window"],
+                    "both batch and window are set",
+                    "one of them",
+                    "use batch (waves) or window (a sliding window), not both",
+                );
                 return None;
             }
-            (None, Some(w)) => Rollout::Window(self.amount(path!["strategy", "window"], w, false)?),
+            (None, Some(w)) => {
+                Rollout::Window(self.amount(path!["strategy", "window"], w, false)?)
+            }
             (Some(Value::Array(items)), None) => {
                 if items.is_empty() {
-                    self.err(path!["strategy", "batch"], "the batch ramp is empty", "empty ramp", "list wave sizes such as [1, \"10%\", \"100%\"]; the last one repeats");
+                    self.err(
+                        path!["strategy", "batch"],
+                        "the batch ramp is empty",
+                        "empty ramp",
+                        "list wave sizes such as [1, \"10%\", \"100%\"]; the last one repeats",
+                    );
                     return None;
                 }
                 let mut ramp = Vec::new();
@@ -535,7 +814,9 @@ impl<'a> Validator<'a> {
                 }
                 Rollout::Batch(ramp)
             }
-            (Some(b), None) => Rollout::Batch(vec![self.amount(path!["strategy", "batch"], b, false)?]),
+            (Some(b), None) => {
+                Rollout::Batch(vec![self.amount(path!["strategy", "batch"], b, false)?])
+            }
             (None, None) => Rollout::Batch(vec![Amount::Count(1)]),
         };
         let max_failures = match &raw.max_failures {
@@ -545,24 +826,52 @@ impl<'a> Validator<'a> {
         Some(StrategySpec {
             rollout,
             max_failures,
-            pause: self.duration(path!["strategy", "pause"], raw.pause.as_ref(), Duration::ZERO, true),
+            pause: self.duration(
+                path!["strategy", "pause"],
+                raw.pause.as_ref(),
+                Duration::ZERO,
+                true,
+            ),
         })
     }
 
-    fn targets(&mut self, raw: BTreeMap<String, RawTarget>, hosts: &[Arc<Host>]) -> BTreeMap<String, TargetSpec> {
+    fn targets(
+        &mut self,
+        raw: BTreeMap<String, RawTarget>,
+        hosts: &[Arc<Host>],
+    ) -> BTreeMap<String, TargetSpec> {
         let mut out = BTreeMap::new();
         for (name, t) in raw {
             for (i, h) in t.hosts.iter().enumerate() {
                 if !hosts.iter().any(|x| &x.name == h) {
-                    self.err(path!["targets", name.as_str(), "hosts", i], format!("target `{name}` names unknown host `{h}`"), "unknown host", "list names from the [[hosts]] tables");
+                    self.err(
+                        path!["targets", name.as_str(), "hosts", i],
+                        format!("target `{name}` names unknown host `{h}`"),
+                        "unknown host",
+                        "list names from the [[hosts]] tables",
+                    );
                 }
             }
             if let Some(p) = t.percent {
                 if !(p > 0.0 && p <= 100.0) {
-                    self.err(path!["targets", name.as_str(), "percent"], format!("percent = {p} is out of range"), "out of range", "a percentage of the target's units, more than 0 and at most 100");
+                    self.err(
+                        path!["targets", name.as_str(), "percent"],
+                        format!("percent = {p} is out of range"),
+                        "out of range",
+                        "a percentage of the target's units, more than 0 and at most 100",
+                    );
                 }
             }
-            out.insert(name, TargetSpec { tags: t.tags, hosts: t.hosts, percent: t.percent, require_message: t.require_message, partial: t.partial });
+            out.insert(
+                name,
+                TargetSpec {
+                    tags: t.tags,
+                    hosts: t.hosts,
+                    percent: t.percent,
+                    require_message: t.require_message,
+                    partial: t.partial,
+                },
+            );
         }
         out
     }

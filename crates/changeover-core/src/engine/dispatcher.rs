@@ -35,7 +35,12 @@ enum State {
 /// Run the rollout. `stop` (first Ctrl-C): no new unit starts, units in
 /// flight finish their phase and go back in if healthy. `abort` (second
 /// Ctrl-C): stop at once, report what is where.
-pub async fn run(dep: Arc<Deployment>, pf: &Preflight, stop: CancellationToken, abort: CancellationToken) -> Report {
+pub async fn run(
+    dep: Arc<Deployment>,
+    pf: &Preflight,
+    stop: CancellationToken,
+    abort: CancellationToken,
+) -> Report {
     let total = dep.units.len();
     let rollout = &dep.plan.strategy.rollout;
     let waves = planner::waves(total, rollout);
@@ -78,7 +83,9 @@ pub async fn run(dep: Arc<Deployment>, pf: &Preflight, stop: CancellationToken, 
         out_names: std::collections::BTreeSet::new(),
     };
     for (&i, reason) in &pf.skipped {
-        d.states[i] = State::Done(UnitResult::Skipped { reason: reason.clone() });
+        d.states[i] = State::Done(UnitResult::Skipped {
+            reason: reason.clone(),
+        });
     }
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
@@ -97,11 +104,17 @@ pub async fn run(dep: Arc<Deployment>, pf: &Preflight, stop: CancellationToken, 
                 _ = abort.cancelled() => { d.interrupt(true); break 'waves; }
             }
         }
-        let mut queue: VecDeque<usize> = wave.clone().filter(|i| matches!(d.states[*i], State::Untouched)).collect();
+        let mut queue: VecDeque<usize> = wave
+            .clone()
+            .filter(|i| matches!(d.states[*i], State::Untouched))
+            .collect();
         if queue.is_empty() {
             continue;
         }
-        dep.emit(Event::WaveStarted { wave: wi + 1, units: queue.iter().map(|&i| dep.units[i].name()).collect() });
+        dep.emit(Event::WaveStarted {
+            wave: wi + 1,
+            units: queue.iter().map(|&i| dep.units[i].name()).collect(),
+        });
         loop {
             // Start what the bound allows. Forced units that were already out
             // do not take a place.
@@ -176,7 +189,14 @@ struct Dispatch {
 }
 
 impl Dispatch {
-    fn start(&mut self, i: usize, counts: bool, pf: &Preflight, tx: &mpsc::UnboundedSender<Msg>, tasks: &mut JoinSet<Finished>) {
+    fn start(
+        &mut self,
+        i: usize,
+        counts: bool,
+        pf: &Preflight,
+        tx: &mpsc::UnboundedSender<Msg>,
+        tasks: &mut JoinSet<Finished>,
+    ) {
         self.in_flight += 1;
         if counts {
             self.out += 1;
@@ -202,7 +222,11 @@ impl Dispatch {
                     self.states[i] = State::InFlight(phase);
                 }
                 let unit = &self.dep.units[i];
-                self.dep.emit(Event::UnitPhase { unit: unit.name(), host: unit.host.name.clone(), phase });
+                self.dep.emit(Event::UnitPhase {
+                    unit: unit.name(),
+                    host: unit.host.name.clone(),
+                    phase,
+                });
             }
             Msg::Event(e) => self.dep.emit(e),
         }
@@ -211,7 +235,13 @@ impl Dispatch {
     fn finish(&mut self, f: Finished, max_failures: usize) {
         self.in_flight -= 1;
         let counts = !self.already_out.contains(&f.index);
-        let stays_out = matches!(f.result, UnitResult::Failed { in_rotation: false, .. });
+        let stays_out = matches!(
+            f.result,
+            UnitResult::Failed {
+                in_rotation: false,
+                ..
+            }
+        );
         if counts && !stays_out {
             self.out -= 1;
         }
@@ -241,7 +271,9 @@ impl Dispatch {
 
     fn halt_with(&mut self, reason: String) {
         if self.halt_reason.is_none() && !self.interrupted {
-            self.dep.emit(Event::Halted { reason: reason.clone() });
+            self.dep.emit(Event::Halted {
+                reason: reason.clone(),
+            });
             self.halt_reason = Some(reason);
         }
         self.halt.cancel();
@@ -255,7 +287,11 @@ impl Dispatch {
     }
 
     fn progress(&self) {
-        let out_of_service = self.out_names.iter().map(|&i| self.dep.units[i].name()).collect();
+        let out_of_service = self
+            .out_names
+            .iter()
+            .map(|&i| self.dep.units[i].name())
+            .collect();
         self.dep.emit(Event::Progress {
             done: self.done,
             total: self.states.len(),
@@ -276,16 +312,36 @@ impl Dispatch {
                 let unit = &self.dep.units[i];
                 let (state, in_rotation, detail, slot) = match s {
                     State::Untouched => ("untouched", true, None, 4),
-                    State::InFlight(p) => ("unknown", false, Some(format!("stopped during {}", p.as_str())), 1),
+                    State::InFlight(p) => (
+                        "unknown",
+                        false,
+                        Some(format!("stopped during {}", p.as_str())),
+                        1,
+                    ),
                     State::Done(UnitResult::Updated) => ("updated", true, None, 0),
                     State::Done(UnitResult::Reverted) => ("reverted", true, None, 2),
-                    State::Done(UnitResult::Skipped { reason }) => ("skipped", false, Some(reason.clone()), 3),
-                    State::Done(UnitResult::Failed { phase, error, in_rotation }) => {
-                        ("failed", *in_rotation, Some(format!("{}: {error}", phase.as_str())), 1)
+                    State::Done(UnitResult::Skipped { reason }) => {
+                        ("skipped", false, Some(reason.clone()), 3)
                     }
+                    State::Done(UnitResult::Failed {
+                        phase,
+                        error,
+                        in_rotation,
+                    }) => (
+                        "failed",
+                        *in_rotation,
+                        Some(format!("{}: {error}", phase.as_str())),
+                        1,
+                    ),
                 };
                 counts[slot] += 1;
-                UnitSummary { unit: unit.name(), host: unit.host.name.clone(), state: state.into(), in_rotation, detail }
+                UnitSummary {
+                    unit: unit.name(),
+                    host: unit.host.name.clone(),
+                    state: state.into(),
+                    in_rotation,
+                    detail,
+                }
             })
             .collect();
         let outcome = if self.interrupted {
@@ -313,6 +369,11 @@ impl Dispatch {
             max_out_of_service_seen: self.max_out_seen,
             units: units.clone(),
         });
-        Report { outcome, units, max_out_of_service_seen: self.max_out_seen, halt_reason: self.halt_reason }
+        Report {
+            outcome,
+            units,
+            max_out_of_service_seen: self.max_out_seen,
+            halt_reason: self.halt_reason,
+        }
     }
 }

@@ -34,11 +34,14 @@ pub async fn preflight(dep: &Deployment) -> Preflight {
     };
     for name in &dep.forced {
         if !dep.plan.hosts.iter().any(|h| &h.name == name) {
-            pf.problems.push(format!("--force names `{name}`, which is not a host in the config"));
+            pf.problems.push(format!(
+                "--force names `{name}`, which is not a host in the config"
+            ));
         }
     }
     if dep.units.is_empty() {
-        pf.problems.push("no units selected: the target matches no host".into());
+        pf.problems
+            .push("no units selected: the target matches no host".into());
     }
 
     // The whole fleet's SSH first: one connect check per host, bounded by the
@@ -55,12 +58,14 @@ pub async fn preflight(dep: &Deployment) -> Preflight {
         for (host, result) in hosts.iter().zip(results) {
             if let Err(e) = result {
                 if dep.forced.contains(&host.name) {
-                    pf.notes.push(format!("{}: unreachable, skipped (forced): {e}", host.name));
+                    pf.notes
+                        .push(format!("{}: unreachable, skipped (forced): {e}", host.name));
                     for u in dep.units.iter().filter(|u| u.host.name == host.name) {
                         pf.skipped.insert(u.index, format!("unreachable: {e}"));
                     }
                 } else {
-                    pf.problems.push(format!("{} ({}): {e}", host.name, host.address));
+                    pf.problems
+                        .push(format!("{} ({}): {e}", host.name, host.address));
                 }
             }
         }
@@ -69,7 +74,11 @@ pub async fn preflight(dep: &Deployment) -> Preflight {
     let units: Vec<_> = dep.units.iter().map(|u| u.as_ref()).collect();
     for (li, lb) in dep.balancers.iter().enumerate() {
         let statuses = lb.status(&units).await;
-        if !statuses.is_empty() && statuses.iter().all(|s| matches!(s, Err(LbError::Unreachable { .. }))) {
+        if !statuses.is_empty()
+            && statuses
+                .iter()
+                .all(|s| matches!(s, Err(LbError::Unreachable { .. })))
+        {
             if let Some(Err(e)) = statuses.into_iter().next() {
                 pf.problems.push(format!("balancer {}: {e}", lb.label()));
             }
@@ -83,9 +92,15 @@ pub async fn preflight(dep: &Deployment) -> Preflight {
             match status {
                 Ok(s) => {
                     if !s.is_serving() {
-                        let what = format!("{unit}: member {} is {} on {}", s.member, describe(&s), lb.label());
+                        let what = format!(
+                            "{unit}: member {} is {} on {}",
+                            s.member,
+                            describe(&s),
+                            lb.label()
+                        );
                         if forced {
-                            pf.notes.push(format!("{what}; deploying it anyway (forced)"));
+                            pf.notes
+                                .push(format!("{what}; deploying it anyway (forced)"));
                             pf.already_out.insert(unit.index);
                         } else {
                             pf.problems.push(what);

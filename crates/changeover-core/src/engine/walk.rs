@@ -62,7 +62,11 @@ impl Walk {
                 f.output,
             ),
         };
-        Finished { index, result, output }
+        Finished {
+            index,
+            result,
+            output,
+        }
     }
 
     fn phase(&self, phase: Phase) {
@@ -99,7 +103,9 @@ impl Walk {
         self.phase(Phase::Disable);
         for (li, lb) in self.dep.balancers.iter().enumerate() {
             if lb.capabilities().distinct_disable {
-                self.change(li, LbAction::Disable, Phase::Disable).await.map_err(|f| (f, false))?;
+                self.change(li, LbAction::Disable, Phase::Disable)
+                    .await
+                    .map_err(|f| (f, false))?;
             }
         }
 
@@ -116,7 +122,9 @@ impl Walk {
         }
 
         self.phase(Phase::PutBack);
-        self.put_back_upto(self.dep.balancers.len()).await.map_err(|f| (f, false))?;
+        self.put_back_upto(self.dep.balancers.len())
+            .await
+            .map_err(|f| (f, false))?;
 
         self.phase(Phase::Confirm);
         if let Err(f) = self.confirm().await {
@@ -127,7 +135,11 @@ impl Walk {
             }
             return Err((f, false));
         }
-        Ok(if skipped_steps { UnitResult::Reverted } else { UnitResult::Updated })
+        Ok(if skipped_steps {
+            UnitResult::Reverted
+        } else {
+            UnitResult::Updated
+        })
     }
 
     /// Journal, then apply one change on one balancer.
@@ -146,15 +158,28 @@ impl Walk {
                 action,
                 before: before.clone(),
             })
-            .map_err(|e| Failure { phase, error: e.to_string(), output: None })?;
+            .map_err(|e| Failure {
+                phase,
+                error: e.to_string(),
+                output: None,
+            })?;
         let restore = before.map(|b| vec![b]);
-        let restore = if action == LbAction::Enable { restore.as_deref() } else { None };
-        lb.apply(&[&self.unit], action, restore).await.map_err(|e| Failure {
-            phase,
-            error: format!("{action} on {}: {e}", lb.label()),
-            output: None,
-        })?;
-        let _ = self.dep.journal.append(Record::Done { deploy_id: self.dep.deploy_id.clone(), seq });
+        let restore = if action == LbAction::Enable {
+            restore.as_deref()
+        } else {
+            None
+        };
+        lb.apply(&[&self.unit], action, restore)
+            .await
+            .map_err(|e| Failure {
+                phase,
+                error: format!("{action} on {}: {e}", lb.label()),
+                output: None,
+            })?;
+        let _ = self.dep.journal.append(Record::Done {
+            deploy_id: self.dep.deploy_id.clone(),
+            seq,
+        });
         Ok(())
     }
 
@@ -179,7 +204,12 @@ impl Walk {
                 DrainMode::Lb => {
                     let mut total = 0u64;
                     let unit: &Unit = &self.unit;
-                    for lb in self.dep.balancers.iter().filter(|l| l.capabilities().counts_sessions) {
+                    for lb in self
+                        .dep
+                        .balancers
+                        .iter()
+                        .filter(|l| l.capabilities().counts_sessions)
+                    {
                         match lb.status(&[unit]).await.into_iter().next() {
                             Some(Ok(s)) => total += s.sessions.unwrap_or(0),
                             Some(Err(e)) => {
@@ -196,8 +226,15 @@ impl Walk {
                     total == 0
                 }
                 DrainMode::Command(t) => {
-                    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-                    match self.dep.remote.run(&self.unit.host, &t.render_shell(&self.vars()), left).await {
+                    let left = deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(1));
+                    match self
+                        .dep
+                        .remote
+                        .run(&self.unit.host, &t.render_shell(&self.vars()), left)
+                        .await
+                    {
                         Ok(out) => out.success(),
                         Err(_) => false,
                     }
@@ -219,13 +256,24 @@ impl Walk {
                 return Err(Failure {
                     phase: Phase::Drain,
                     error: match last_sessions {
-                        Some(n) => format!("still {n} open session(s) after {:?} (drain.on_timeout = \"fail\")", spec.timeout),
-                        None => format!("not drained after {:?} (drain.on_timeout = \"fail\")", spec.timeout),
+                        Some(n) => format!(
+                            "still {n} open session(s) after {:?} (drain.on_timeout = \"fail\")",
+                            spec.timeout
+                        ),
+                        None => format!(
+                            "not drained after {:?} (drain.on_timeout = \"fail\")",
+                            spec.timeout
+                        ),
                     },
                     output: None,
                 });
             }
-            sleep(spec.interval.min(deadline.saturating_duration_since(Instant::now())).max(Duration::from_millis(1))).await;
+            sleep(
+                spec.interval
+                    .min(deadline.saturating_duration_since(Instant::now()))
+                    .max(Duration::from_millis(1)),
+            )
+            .await;
         }
     }
 
@@ -235,12 +283,20 @@ impl Walk {
         let local = deploy.local.iter().map(|t| (t, &self.dep.local, "local"));
         let remote = deploy.run.iter().map(|t| (t, &self.dep.remote, "run"));
         for (template, executor, kind) in local.chain(remote) {
-            self.step(template, executor.as_ref(), kind, &vars, deploy.timeout).await?;
+            self.step(template, executor.as_ref(), kind, &vars, deploy.timeout)
+                .await?;
         }
         Ok(())
     }
 
-    async fn step(&self, template: &Template, executor: &dyn Remote, kind: &str, vars: &Vars, limit: Duration) -> Result<(), Failure> {
+    async fn step(
+        &self,
+        template: &Template,
+        executor: &dyn Remote,
+        kind: &str,
+        vars: &Vars,
+        limit: Duration,
+    ) -> Result<(), Failure> {
         let command = template.render_shell(vars);
         match executor.run(&self.unit.host, &command, limit).await {
             Ok(out) if out.success() => Ok(()),
@@ -255,7 +311,11 @@ impl Walk {
                 ),
                 output: Some(output_tail(&out)),
             }),
-            Err(e) => Err(Failure { phase: Phase::Steps, error: e.to_string(), output: None }),
+            Err(e) => Err(Failure {
+                phase: Phase::Steps,
+                error: e.to_string(),
+                output: None,
+            }),
         }
     }
 
@@ -298,7 +358,12 @@ impl Walk {
     }
 
     async fn confirm(&self) -> Result<(), Failure> {
-        let limit = self.dep.plan.health.as_ref().map_or(Duration::from_secs(60), |h| h.deadline);
+        let limit = self
+            .dep
+            .plan
+            .health
+            .as_ref()
+            .map_or(Duration::from_secs(60), |h| h.deadline);
         let deadline = Instant::now() + limit;
         let unit: &Unit = &self.unit;
         loop {
@@ -306,7 +371,14 @@ impl Walk {
             for lb in &self.dep.balancers {
                 match lb.status(&[unit]).await.into_iter().next() {
                     Some(Ok(s)) if s.is_serving() => {}
-                    Some(Ok(s)) => waiting = Some(format!("{} reports {} as \"{}\"", lb.label(), s.member, s.raw)),
+                    Some(Ok(s)) => {
+                        waiting = Some(format!(
+                            "{} reports {} as \"{}\"",
+                            lb.label(),
+                            s.member,
+                            s.raw
+                        ))
+                    }
                     Some(Err(e)) => waiting = Some(format!("{}: {e}", lb.label())),
                     None => {}
                 }

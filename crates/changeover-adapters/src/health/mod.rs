@@ -1,0 +1,3 @@
+pub mod command;
+pub mod http;
+pub mod tcp;

@@ -1,0 +1,130 @@
+//! Commands on the operator's machine, for `local` steps and for fleets
+//! that are not reached over SSH at all.
+
+use async_trait::async_trait;
+use changeover_core::remote::{CommandOutput, Remote, RemoteError};
+use changeover_core::unit::Host;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{Child, Command};
+
+/// [`Remote`] that runs `sh -c <command>` locally, with `CHANGEOVER_HOST`
+/// and `CHANGEOVER_ADDRESS` set to the host's name and address.
+#[derive(Debug, Clone, Default)]
+pub struct LocalRemote {
+    _private: (),
+}
+
+impl LocalRemote {
+    pub fn new() -> LocalRemote {
+        LocalRemote::default()
+    }
+}
+
+#[async_trait]
+impl Remote for LocalRemote {
+    async fn connect_all(&self, hosts: &[&Host]) -> Vec<Result<(), RemoteError>> {
+        hosts.iter().map(|_| Ok(())).collect()
+    }
+
+    async fn run(
+        &self,
+        host: &Host,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<CommandOutput, RemoteError> {
+        let exec_error = |message: String| RemoteError::Exec {
+            host: host.name.clone(),
+            command: command.to_string(),
+            message,
+        };
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .env("CHANGEOVER_HOST", &host.name)
+            .env("CHANGEOVER_ADDRESS", &host.address)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // A process group of its own: the terminal's Ctrl-C must reach
+            // changeover only (which lets steps in flight finish), and a
+            // timeout must be able to kill what the step started, not just
+            // its shell.
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| exec_error(format!("cannot start `sh`: {e}")))?;
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let mut running = ProcessGroup::new(child);
+
+        let finished = async {
+            let (stdout, stderr, status) =
+                tokio::join!(read_all(stdout), read_all(stderr), running.child.wait());
+            (stdout, stderr, status)
+        };
+        match tokio::time::timeout(timeout, finished).await {
+            Err(_) => Err(RemoteError::Timeout {
+                host: host.name.clone(),
+                command: command.to_string(),
+                timeout,
+            }),
+            Ok((stdout, stderr, status)) => {
+                running.reaped = true;
+                let status =
+                    status.map_err(|e| exec_error(format!("cannot wait for `sh`: {e}")))?;
+                Ok(CommandOutput {
+                    status: status.code(),
+                    stdout: String::from_utf8_lossy(&stdout).into_owned(),
+                    stderr: String::from_utf8_lossy(&stderr).into_owned(),
+                })
+            }
+        }
+    }
+}
+
+async fn read_all(pipe: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Some(mut pipe) = pipe {
+        // A read error only truncates the output; the exit status still
+        // says how the command went.
+        let _ = pipe.read_to_end(&mut buf).await;
+    }
+    buf
+}
+
+/// Kills the command's whole process group unless it finished: on timeout,
+/// and when the run is cancelled (its future dropped).
+struct ProcessGroup {
+    child: Child,
+    reaped: bool,
+}
+
+impl ProcessGroup {
+    fn new(child: Child) -> ProcessGroup {
+        ProcessGroup {
+            child,
+            reaped: false,
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if self.reaped {
+            return;
+        }
+        // The shell is not reaped yet (kill_on_drop does that after this),
+        // so its pid still names the group and cannot have been reused.
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("kill -KILL -{pid} 2>/dev/null"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}

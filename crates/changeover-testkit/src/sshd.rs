@@ -1,0 +1,338 @@
+//! A fleet of REAL OpenSSH servers, one per host on 127.0.1.N.
+//!
+//! Every 127.x.y.z address is loopback on Linux, so each fake host gets an
+//! address of its own without any network setup, and the product code sees
+//! what it sees in production: distinct addresses, one `sshd` each, strict
+//! host-key checking against a `known_hosts` file.
+//!
+//! Must run as root: the servers log in as root with the generated client key.
+
+use crate::tools;
+use std::fmt::Write as _;
+use std::fs;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// How long an `sshd` gets to start listening.
+const START_DEADLINE: Duration = Duration::from_secs(15);
+/// Another fleet (a parallel test) may take the port between picking and
+/// binding it; then the whole fleet starts again on another port.
+const START_ATTEMPTS: usize = 5;
+
+/// One fake host of an [`SshFleet`].
+#[derive(Debug, Clone)]
+pub struct FleetHost {
+    /// `web-N`, N from 1.
+    pub name: String,
+    /// `127.0.1.N`.
+    pub address: String,
+    /// The port its `sshd` listens on (the same for the whole fleet, also set
+    /// in the fleet's ssh config).
+    pub port: u16,
+    /// A directory for this host's application state (the "disk" of the
+    /// host), empty at start.
+    pub dir: PathBuf,
+}
+
+/// One `sshd` per host on 127.0.1.1 ..= 127.0.1.count, killed on drop.
+#[derive(Debug)]
+pub struct SshFleet {
+    // Dropped after the servers (see Drop), so their files outlive them.
+    dir: TempDir,
+    hosts: Vec<FleetHost>,
+    servers: Vec<Option<Child>>,
+    ssh_config: PathBuf,
+    known_hosts: PathBuf,
+    client_key: PathBuf,
+}
+
+impl SshFleet {
+    /// Generate keys and configs in a temp dir and start `count` servers;
+    /// returns once every one of them accepts TCP connections. Panics with
+    /// the reason (and sshd's own log) when that fails.
+    pub fn start(count: usize) -> SshFleet {
+        assert!(
+            (1..=254).contains(&count),
+            "an SshFleet has 1 to 254 hosts (127.0.1.1 ..= 127.0.1.254), not {count}"
+        );
+        let sshd = tools::require("sshd", "openssh-server");
+        let keygen = tools::require("ssh-keygen", "openssh-client");
+        // sshd refuses to start without its privilege-separation directory,
+        // which only the distribution's service unit creates.
+        fs::create_dir_all("/run/sshd").expect("cannot create /run/sshd (sshd needs it)");
+
+        let dir = tempfile::Builder::new()
+            .prefix("changeover-sshd-")
+            .tempdir()
+            .expect("cannot create a temp dir for the ssh fleet");
+        let client_key = dir.path().join("client_ed25519");
+        generate_key(&keygen, &client_key, "changeover-test-client");
+
+        let mut hosts = Vec::with_capacity(count);
+        let mut host_keys = Vec::with_capacity(count);
+        for n in 1..=count {
+            let name = format!("web-{n}");
+            let host_dir = dir.path().join("hosts").join(&name);
+            fs::create_dir_all(&host_dir).expect("cannot create a host directory");
+            let host_key = dir.path().join(format!("host_{n}_ed25519"));
+            generate_key(&keygen, &host_key, &name);
+            host_keys.push(host_key);
+            hosts.push(FleetHost {
+                name,
+                address: format!("127.0.1.{n}"),
+                port: 0,
+                dir: host_dir,
+            });
+        }
+
+        let mut fleet = SshFleet {
+            ssh_config: dir.path().join("ssh_config"),
+            known_hosts: dir.path().join("known_hosts"),
+            client_key,
+            dir,
+            hosts,
+            servers: Vec::new(),
+        };
+
+        let mut last_failure = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port_on_all(&fleet.hosts);
+            for host in &mut fleet.hosts {
+                host.port = port;
+            }
+            match fleet.start_servers(&sshd, &host_keys) {
+                Ok(()) => {
+                    fleet.write_known_hosts(&host_keys);
+                    fleet.write_ssh_config(&fleet.ssh_config, &fleet.known_hosts);
+                    return fleet;
+                }
+                Err(failure) => {
+                    fleet.kill_all();
+                    last_failure = failure;
+                }
+            }
+        }
+        panic!("cannot start the ssh fleet after {START_ATTEMPTS} attempts: {last_failure}");
+    }
+
+    pub fn hosts(&self) -> &[FleetHost] {
+        &self.hosts
+    }
+
+    /// The ssh client config to pass as `[ssh] config_file` (`ssh -F`):
+    /// port, user root, the client key, the fleet's `known_hosts`, strict
+    /// host-key checking, batch mode.
+    pub fn ssh_config_path(&self) -> &Path {
+        &self.ssh_config
+    }
+
+    /// The `known_hosts` file with every host's real key.
+    pub fn known_hosts_path(&self) -> &Path {
+        &self.known_hosts
+    }
+
+    /// The private key the servers accept.
+    pub fn client_key_path(&self) -> &Path {
+        &self.client_key
+    }
+
+    /// The fleet's temp dir (keys, configs, logs, host directories).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Write another client config, identical to [`ssh_config_path`] except
+    /// that it trusts `known_hosts` instead: for tests that prove a wrong or
+    /// missing host key is refused.
+    ///
+    /// [`ssh_config_path`]: SshFleet::ssh_config_path
+    pub fn write_ssh_config(&self, path: &Path, known_hosts: &Path) {
+        let port = self.hosts[0].port;
+        let config = format!(
+            "Host 127.0.1.*\n\
+             \x20 Port {port}\n\
+             \x20 User root\n\
+             \x20 IdentityFile {key}\n\
+             \x20 IdentitiesOnly yes\n\
+             \x20 UserKnownHostsFile {known_hosts}\n\
+             \x20 GlobalKnownHostsFile /dev/null\n\
+             \x20 StrictHostKeyChecking yes\n\
+             \x20 BatchMode yes\n\
+             \x20 ControlMaster no\n",
+            key = self.client_key.display(),
+            known_hosts = known_hosts.display(),
+        );
+        fs::write(path, config)
+            .unwrap_or_else(|e| panic!("cannot write ssh config {}: {e}", path.display()));
+    }
+
+    /// The `known_hosts` line (`[127.0.1.N]:PORT ssh-ed25519 AAAA…`) that
+    /// trusts host `index` (0-based).
+    pub fn known_hosts_line(&self, index: usize) -> String {
+        let host = &self.hosts[index];
+        let key = self
+            .dir
+            .path()
+            .join(format!("host_{}_ed25519.pub", index + 1));
+        let public = fs::read_to_string(&key)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", key.display()));
+        // Drop the comment: only "type base64" belongs after the host pattern.
+        let mut fields = public.split_whitespace();
+        let (kind, blob) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
+        format!("[{}]:{} {kind} {blob}", host.address, host.port)
+    }
+
+    /// Kill host `index`'s (0-based) `sshd`: new connections to it are
+    /// refused. Connections already open stay up, as after a graceful sshd
+    /// restart.
+    pub fn stop_host(&mut self, index: usize) {
+        if let Some(mut child) = self.servers.get_mut(index).and_then(Option::take) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn start_servers(&mut self, sshd: &Path, host_keys: &[PathBuf]) -> Result<(), String> {
+        for (i, host) in self.hosts.iter().enumerate() {
+            let config = self.dir.path().join(format!("sshd_config_{}", i + 1));
+            let sshd_config = format!(
+                "ListenAddress {address}:{port}\n\
+                 HostKey {host_key}\n\
+                 AuthorizedKeysFile {authorized}\n\
+                 PidFile {pid}\n\
+                 StrictModes no\n\
+                 UsePAM no\n\
+                 PasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\n\
+                 PubkeyAuthentication yes\n\
+                 PermitRootLogin prohibit-password\n\
+                 LogLevel ERROR\n",
+                address = host.address,
+                port = host.port,
+                host_key = host_keys[i].display(),
+                authorized = self.client_key.with_extension("pub").display(),
+                pid = self
+                    .dir
+                    .path()
+                    .join(format!("sshd_{}.pid", i + 1))
+                    .display(),
+            );
+            fs::write(&config, sshd_config)
+                .map_err(|e| format!("cannot write sshd config: {e}"))?;
+            let log_path = self.log_path(i);
+            let log = fs::File::create(&log_path)
+                .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+            let child = Command::new(sshd)
+                .arg("-D")
+                .arg("-e")
+                .arg("-f")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .map_err(|e| format!("cannot run {}: {e}", sshd.display()))?;
+            self.servers.push(Some(child));
+        }
+        for i in 0..self.hosts.len() {
+            self.wait_listening(i)?;
+        }
+        Ok(())
+    }
+
+    fn wait_listening(&mut self, index: usize) -> Result<(), String> {
+        let host = &self.hosts[index];
+        let addr: SocketAddr = format!("{}:{}", host.address, host.port)
+            .parse()
+            .expect("fleet addresses are IPv4");
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            let child = self.servers[index].as_mut().expect("started above");
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = fs::read_to_string(self.log_path(index)).unwrap_or_default();
+                return Err(format!(
+                    "sshd for {} ({addr}) exited with {status}: {}",
+                    host.name,
+                    log.trim()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "sshd for {} does not accept connections on {addr} after {START_DEADLINE:?}",
+                    host.name
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn write_known_hosts(&self, host_keys: &[PathBuf]) {
+        let mut text = String::new();
+        for i in 0..host_keys.len() {
+            let _ = writeln!(text, "{}", self.known_hosts_line(i));
+        }
+        fs::write(&self.known_hosts, text).expect("cannot write known_hosts");
+    }
+
+    fn log_path(&self, index: usize) -> PathBuf {
+        self.dir.path().join(format!("sshd_{}.log", index + 1))
+    }
+
+    fn kill_all(&mut self) {
+        for child in self.servers.iter_mut().filter_map(Option::take) {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.servers.clear();
+    }
+}
+
+impl Drop for SshFleet {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+fn generate_key(keygen: &Path, path: &Path, comment: &str) {
+    let output = Command::new(keygen)
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", keygen.display()));
+    assert!(
+        output.status.success(),
+        "ssh-keygen failed for {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+}
+
+/// A port that is free on every host address at once: picked by the kernel
+/// on the first address, then checked on the others.
+fn free_port_on_all(hosts: &[FleetHost]) -> u16 {
+    'pick: for _ in 0..100 {
+        let first = TcpListener::bind((hosts[0].address.as_str(), 0))
+            .unwrap_or_else(|e| panic!("cannot bind on {}: {e}", hosts[0].address));
+        let port = first.local_addr().expect("bound").port();
+        let mut held = vec![first];
+        for host in &hosts[1..] {
+            match TcpListener::bind((host.address.as_str(), port)) {
+                Ok(listener) => held.push(listener),
+                Err(_) => continue 'pick,
+            }
+        }
+        return port;
+    }
+    panic!(
+        "cannot find a port free on all of 127.0.1.1 ..= 127.0.1.{}",
+        hosts.len()
+    );
+}

@@ -1,0 +1,179 @@
+//! `changeover plan`: the waves, the order and every step, as they would run.
+//! Touches nothing.
+
+use crate::wiring;
+use changeover_core::plan::{DrainMode, HealthCheck, LbKind, OnTimeout, Plan, Rollout};
+use changeover_core::planner;
+use changeover_core::template::Vars;
+use std::fmt::Write;
+
+pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String, String> {
+    let units = plan.select(target)?;
+    let balancers = wiring::balancers(plan);
+    let rollout = &plan.strategy.rollout;
+    let waves = planner::waves(units.len(), rollout);
+    let bound = planner::out_of_service_bound(units.len(), rollout);
+    let mut s = String::new();
+    let hosts: std::collections::BTreeSet<&str> =
+        units.iter().map(|u| u.host.name.as_str()).collect();
+    let _ = writeln!(
+        s,
+        "plan: {} {version} to {} unit(s) on {} host(s), target {}",
+        plan.app,
+        units.len(),
+        hosts.len(),
+        target.unwrap_or("(whole fleet)")
+    );
+    let strategy = match rollout {
+        Rollout::Batch(ramp) => format!(
+            "batch [{}] (last repeats): {} wave(s)",
+            ramp.iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            waves.len()
+        ),
+        Rollout::Window(w) => format!("window {w}: a new unit starts as soon as one finishes"),
+    };
+    let _ = writeln!(
+        s,
+        "strategy: {strategy}; at most {bound} out of service; halt after more than {} failure(s)",
+        plan.strategy.max_failures.of_allow_zero(units.len())
+    );
+    if !plan.strategy.pause.is_zero() {
+        let _ = writeln!(
+            s,
+            "pause between waves: {}",
+            humantime::format_duration(plan.strategy.pause)
+        );
+    }
+    for (lb, spec) in balancers.iter().zip(&plan.load_balancers) {
+        let method = match &spec.kind {
+            LbKind::Haproxy { method, .. } => format!(", method {method:?}").to_lowercase(),
+            LbKind::None => String::new(),
+        };
+        let _ = writeln!(s, "balancer: {}{method}", lb.label());
+    }
+    s.push('\n');
+    for (wi, wave) in waves.iter().enumerate() {
+        let _ = writeln!(s, "wave {} ({} unit(s))", wi + 1, wave.len());
+        for u in &units[wave.clone()] {
+            let members: Vec<String> = balancers.iter().map(|b| b.member_name(u)).collect();
+            let _ = writeln!(
+                s,
+                "  {:<14} {:<16} {}",
+                u.name(),
+                u.host.address,
+                members.join(" ")
+            );
+        }
+    }
+    let Some(first) = units.first() else {
+        return Ok(s);
+    };
+    let vars = Vars::for_unit(first, version, "", target.unwrap_or(""));
+    let _ = writeln!(s, "\nsteps for each unit (shown for {first}):");
+    let mut n = 0;
+    let mut step = |s: &mut String, text: String| {
+        n += 1;
+        let _ = writeln!(s, "  {n}. {text}");
+    };
+    for lb in &balancers {
+        step(
+            &mut s,
+            format!(
+                "take out: drain {} on {}",
+                lb.member_name(first),
+                lb.label()
+            ),
+        );
+    }
+    let drain = &plan.drain;
+    let bound_text = format!(
+        "at most {}, then {}",
+        humantime::format_duration(drain.timeout),
+        if drain.on_timeout == OnTimeout::Fail {
+            "fail the unit"
+        } else {
+            "proceed"
+        }
+    );
+    match &drain.mode {
+        DrainMode::Lb => step(
+            &mut s,
+            format!("drain: wait until the balancer counts 0 sessions ({bound_text})"),
+        ),
+        DrainMode::Fixed => step(
+            &mut s,
+            format!("drain: wait {}", humantime::format_duration(drain.timeout)),
+        ),
+        DrainMode::Command(t) => step(
+            &mut s,
+            format!(
+                "drain: until `{}` exits 0 on {} ({bound_text})",
+                t.render_shell(&vars),
+                first.host.name
+            ),
+        ),
+    }
+    for lb in balancers
+        .iter()
+        .filter(|b| b.capabilities().distinct_disable)
+    {
+        step(
+            &mut s,
+            format!("disable {} on {}", lb.member_name(first), lb.label()),
+        );
+    }
+    for t in &plan.deploy.local {
+        step(&mut s, format!("local: {}", t.render_shell(&vars)));
+    }
+    for t in &plan.deploy.run {
+        step(
+            &mut s,
+            format!("run on {}: {}", first.host.name, t.render_shell(&vars)),
+        );
+    }
+    if let Some(h) = &plan.health {
+        let what = match &h.check {
+            HealthCheck::Http {
+                url,
+                expect_status,
+                expect_body,
+            } => format!(
+                "GET {} until status {expect_status}{}",
+                url.render(&vars),
+                expect_body
+                    .as_ref()
+                    .map(|b| format!(" and body contains {b:?}"))
+                    .unwrap_or_default()
+            ),
+            HealthCheck::Tcp { address } => format!("TCP connect to {}", address.render(&vars)),
+            HealthCheck::Command(t) => format!("`{}` exits 0", t.render_shell(&vars)),
+        };
+        step(
+            &mut s,
+            format!(
+                "health: {what}, {} pass(es) in a row, every {}, deadline {}",
+                h.healthy_threshold,
+                humantime::format_duration(h.interval),
+                humantime::format_duration(h.deadline)
+            ),
+        );
+    }
+    for lb in balancers.iter().rev() {
+        step(
+            &mut s,
+            format!(
+                "put back: enable {} on {}",
+                lb.member_name(first),
+                lb.label()
+            ),
+        );
+    }
+    step(
+        &mut s,
+        "confirm: wait until every balancer reports it serving".into(),
+    );
+    Ok(s)
+}

@@ -1,0 +1,103 @@
+//! Event rendering: human lines on stderr, NDJSON on stdout with `--json`.
+
+use changeover_core::event::{to_json_line, Event, EventSink, Outcome};
+use std::io::Write;
+use std::time::Duration;
+
+pub struct Reporter {
+    pub json: bool,
+    pub quiet: bool,
+}
+
+impl EventSink for Reporter {
+    fn emit(&self, elapsed: Duration, event: Event) {
+        if self.json {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", to_json_line(elapsed, &event));
+            let _ = out.flush();
+        }
+        if let Some(text) = human(elapsed, &event, self.quiet) {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "{text}");
+        }
+    }
+}
+
+fn stamp(elapsed: Duration) -> String {
+    format!("{:>7.1}s", elapsed.as_secs_f64())
+}
+
+fn human(elapsed: Duration, event: &Event, quiet: bool) -> Option<String> {
+    let t = stamp(elapsed);
+    Some(match event {
+        Event::DeployStarted { app, target, version, units, waves, max_out_of_service, deploy_id } => {
+            if quiet {
+                return None;
+            }
+            format!(
+                "deploying {app} {version} to {units} unit(s){} in {waves} wave(s), at most {max_out_of_service} out of service (deploy {deploy_id})",
+                target.as_ref().map(|t| format!(" of target {t}")).unwrap_or_default()
+            )
+        }
+        Event::Preflight { .. } => return None,
+        Event::WaveStarted { wave, units } if !quiet => format!("{t} wave {wave}: {}", units.join(", ")),
+        Event::UnitPhase { unit, phase, .. } if !quiet => format!("{t} {unit:<12} {}", phase.as_str()),
+        Event::DrainTimeout { unit, sessions, proceeded } => format!(
+            "{t} {unit:<12} drain timed out{}; {}",
+            sessions.map(|n| format!(" with {n} session(s) open")).unwrap_or_default(),
+            if *proceeded { "proceeding anyway (drain.on_timeout = \"proceed\")" } else { "failing the unit" }
+        ),
+        Event::UnitFinished { unit, result, output, .. } => {
+            let mut line = match result.result {
+                "updated" => format!("{t} {unit:<12} ✓ updated"),
+                "reverted" => format!("{t} {unit:<12} ↺ put back unchanged"),
+                "skipped" => format!("{t} {unit:<12} - skipped: {}", result.error.clone().unwrap_or_default()),
+                _ => format!(
+                    "{t} {unit:<12} ✗ failed in {}: {} ({})",
+                    result.phase.map(|p| p.as_str()).unwrap_or("?"),
+                    result.error.clone().unwrap_or_default(),
+                    if result.in_rotation { "put back unchanged" } else { "left out of rotation" }
+                ),
+            };
+            if let Some(out) = output {
+                for l in out.lines() {
+                    line.push_str("\n             | ");
+                    line.push_str(l);
+                }
+            }
+            line
+        }
+        Event::Progress { done, total, failed, in_flight, max_in_flight, out_of_service } if !quiet => format!(
+            "{t} [{done}/{total} done{}] in flight {in_flight}/{max_in_flight} · out of service: {}",
+            if *failed > 0 { format!(", {failed} failed") } else { String::new() },
+            if out_of_service.is_empty() { "none".into() } else { out_of_service.join(", ") }
+        ),
+        Event::Halted { reason } => format!("{t} HALTED: {reason}; no new unit starts, units in flight finish"),
+        Event::Interrupted { hard: false } => format!(
+            "{t} interrupted: no new unit starts; units in flight finish their phase and go back in if healthy (Ctrl-C again to stop at once)"
+        ),
+        Event::Interrupted { hard: true } => format!("{t} stopped at once: units in flight are left where they are"),
+        Event::DeployFinished { outcome, updated, failed, reverted, skipped, untouched, max_out_of_service_seen, units } => {
+            let mut s = format!(
+                "{} after {:.1}s: {updated} updated, {failed} failed, {reverted} put back unchanged, {skipped} skipped, {untouched} untouched; at most {max_out_of_service_seen} out of service at once",
+                match outcome {
+                    Outcome::Success => "deploy finished",
+                    Outcome::Failed => "DEPLOY FAILED",
+                    Outcome::Interrupted => "deploy interrupted",
+                },
+                elapsed.as_secs_f64()
+            );
+            for u in units.iter().filter(|u| u.state != "updated") {
+                s.push_str(&format!(
+                    "\n  {:<12} {:<10} {}{}",
+                    u.unit,
+                    u.state,
+                    if u.in_rotation { "in rotation" } else { "OUT of rotation" },
+                    u.detail.as_ref().map(|d| format!(" — {d}")).unwrap_or_default()
+                ));
+            }
+            s
+        }
+        _ => return None,
+    })
+}
