@@ -201,7 +201,11 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return Ok(response(&state, StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"));
+        return Ok(response(
+            &state,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n",
+        ));
     }
     let response = match req.uri().path() {
         "/" => {

@@ -193,10 +193,8 @@ async fn http_does_not_follow_redirects() {
 #[tokio::test]
 async fn http_opens_a_fresh_connection_for_every_probe() {
     // The server offers keep-alive; a pooling client would use one connection.
-    let (addr, accepted) = raw_server(|s| {
-        answer_all(s, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-    })
-    .await;
+    let (addr, accepted) =
+        raw_server(|s| answer_all(s, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")).await;
     let probe = http_probe(addr.port(), "/health", Some("ok"), TIMEOUT);
     for _ in 0..3 {
         assert_eq!(probe.probe(&local_unit()).await, Ok(()));
@@ -213,7 +211,9 @@ async fn http_sees_a_restarted_app() {
     let probe = http_probe(port, "/health", None, TIMEOUT);
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let old = DemoApp::bind(DemoAppOptions::new(listen, "v1")).await.unwrap();
+    let old = DemoApp::bind(DemoAppOptions::new(listen, "v1"))
+        .await
+        .unwrap();
     let old = tokio::spawn(old.run_until(async {
         let _ = stopped.await;
     }));

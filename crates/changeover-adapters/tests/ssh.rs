@@ -314,10 +314,23 @@ async fn one_connect_at_a_time_still_reaches_every_host() {
 async fn more_concurrent_commands_than_sshd_sessions_wait_their_turn() {
     let fleet = SshFleet::start(1);
     let host = host(&fleet.hosts()[0]);
-    let remote = remote(&fleet);
-
     // sshd's MaxSessions is 10 per connection.
     let commands: Vec<String> = (0..16).map(|i| format!("sleep 0.2; echo {i}")).collect();
+
+    // Queued on our side (the default allows fewer than MaxSessions) ...
+    let remote = remote(&fleet);
+    let runs = futures::future::join_all(commands.iter().map(|c| remote.run(&host, c, LONG))).await;
+    for (i, run) in runs.into_iter().enumerate() {
+        assert_eq!(run.unwrap().stdout, format!("{i}\n"));
+    }
+    remote.close().await;
+
+    // ... or refused by sshd and tried again.
+    let remote = SshRemote::new(SshOptions {
+        config_file: Some(fleet.ssh_config_path().to_path_buf()),
+        max_sessions_per_host: 16,
+        ..SshOptions::default()
+    });
     let runs = futures::future::join_all(commands.iter().map(|c| remote.run(&host, c, LONG))).await;
     for (i, run) in runs.into_iter().enumerate() {
         assert_eq!(run.unwrap().stdout, format!("{i}\n"));

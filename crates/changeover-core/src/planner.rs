@@ -12,7 +12,11 @@ use std::ops::Range;
 pub fn waves(total: usize, rollout: &Rollout) -> Vec<Range<usize>> {
     let ramp: &[Amount] = match rollout {
         Rollout::Batch(ramp) => ramp,
-        Rollout::Window(_) => return if total == 0 { vec![] } else { vec![0..total] },
+        Rollout::Window(_) => {
+            return std::iter::once(0..total)
+                .filter(|w| !w.is_empty())
+                .collect()
+        }
     };
     let mut out = Vec::new();
     let mut start = 0;

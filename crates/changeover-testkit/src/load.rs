@@ -644,11 +644,7 @@ fn parse_head(head: &[u8]) -> Result<Head, Failure> {
     let http11 = match parts.next() {
         Some("HTTP/1.1") => true,
         Some("HTTP/1.0") => false,
-        _ => {
-            return Err(Failure::malformed(format!(
-                "status line {status_line:?}"
-            )))
-        }
+        _ => return Err(Failure::malformed(format!("status line {status_line:?}"))),
     };
     let status = parts
         .next()
@@ -722,9 +718,11 @@ mod tests {
 
     #[test]
     fn parses_status_and_headers() {
-        let head = parse_head(b"HTTP/1.1 503 Service Unavailable\r\nX-App-Version: v2\r\nContent-Length: 3")
-            .map_err(|f| f.kind)
-            .unwrap();
+        let head = parse_head(
+            b"HTTP/1.1 503 Service Unavailable\r\nX-App-Version: v2\r\nContent-Length: 3",
+        )
+        .map_err(|f| f.kind)
+        .unwrap();
         assert!(head.http11);
         assert_eq!(head.status, 503);
         assert_eq!(head.headers[0], ("x-app-version".into(), "v2".into()));
@@ -733,7 +731,11 @@ mod tests {
 
     #[test]
     fn rejects_garbage_status_lines() {
-        for bad in [&b"SSH-2.0-OpenSSH_9.6"[..], b"HTTP/1.1 20 OK", b"HTTP/1.1 abc OK"] {
+        for bad in [
+            &b"SSH-2.0-OpenSSH_9.6"[..],
+            b"HTTP/1.1 20 OK",
+            b"HTTP/1.1 abc OK",
+        ] {
             let failure = parse_head(bad).err().expect("malformed");
             assert_eq!(failure.kind, "malformed response");
         }

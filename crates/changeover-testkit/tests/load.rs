@@ -106,10 +106,8 @@ async fn no_failures_against_a_good_server_with_a_connection_per_request() {
 
 #[tokio::test]
 async fn keep_alive_reuses_the_connection() {
-    let (addr, accepted) = raw_server(|s| {
-        answer_all(s, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nv1\n")
-    })
-    .await;
+    let (addr, accepted) =
+        raw_server(|s| answer_all(s, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nv1\n")).await;
     let report = LoadGen::start(options(addr, 20)).wait().await;
     assert_eq!(report.failures, 0, "{report}");
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
@@ -127,7 +125,9 @@ async fn a_connection_per_request_sends_connection_close() {
                     .unwrap()
                     .push(request.contains("\r\nConnection: close\r\n"));
                 let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nv1\n")
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nv1\n",
+                    )
                     .await;
             }
         }

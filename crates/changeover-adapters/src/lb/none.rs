@@ -2,7 +2,9 @@
 //! taken out, so the health check is the only gate.
 
 use async_trait::async_trait;
-use changeover_core::lb::{AdminState, LbAction, LbCapabilities, LbError, LoadBalancer, MemberStatus, OperState};
+use changeover_core::lb::{
+    AdminState, LbAction, LbCapabilities, LbError, LoadBalancer, MemberStatus, OperState,
+};
 use changeover_core::unit::Unit;
 
 pub struct NoBalancer;
@@ -14,7 +16,10 @@ impl LoadBalancer for NoBalancer {
     }
 
     fn capabilities(&self) -> LbCapabilities {
-        LbCapabilities { counts_sessions: false, distinct_disable: false }
+        LbCapabilities {
+            counts_sessions: false,
+            distinct_disable: false,
+        }
     }
 
     fn member_name(&self, unit: &Unit) -> String {
@@ -37,7 +42,12 @@ impl LoadBalancer for NoBalancer {
             .collect()
     }
 
-    async fn apply(&self, _: &[&Unit], _: LbAction, _: Option<&[MemberStatus]>) -> Result<(), LbError> {
+    async fn apply(
+        &self,
+        _: &[&Unit],
+        _: LbAction,
+        _: Option<&[MemberStatus]>,
+    ) -> Result<(), LbError> {
         Ok(())
     }
 }

@@ -70,7 +70,7 @@ impl<'a> Locator<'a> {
                     }
                     value
                 }
-                (Seg::Index(n), _, Some(a)) => a.iter().nth(*n)?,
+                (Seg::Index(n), _, Some(a)) => a.get(*n)?,
                 _ => return Some(best),
             };
             best = value.span();
