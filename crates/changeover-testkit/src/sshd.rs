@@ -105,7 +105,7 @@ impl SshFleet {
             }
             match fleet.start_servers(&sshd, &host_keys) {
                 Ok(()) => {
-                    fleet.write_known_hosts(&host_keys);
+                    fleet.write_known_hosts();
                     fleet.write_ssh_config(&fleet.ssh_config, &fleet.known_hosts);
                     return fleet;
                 }
@@ -272,9 +272,9 @@ impl SshFleet {
         }
     }
 
-    fn write_known_hosts(&self, host_keys: &[PathBuf]) {
+    fn write_known_hosts(&self) {
         let mut text = String::new();
-        for i in 0..host_keys.len() {
+        for i in 0..self.hosts.len() {
             let _ = writeln!(text, "{}", self.known_hosts_line(i));
         }
         fs::write(&self.known_hosts, text).expect("cannot write known_hosts");
@@ -285,12 +285,10 @@ impl SshFleet {
     }
 
     fn kill_all(&mut self) {
-        for child in self.servers.iter_mut().filter_map(Option::take) {
-            let mut child = child;
+        for mut child in self.servers.drain(..).flatten() {
             let _ = child.kill();
             let _ = child.wait();
         }
-        self.servers.clear();
     }
 }
 

@@ -11,14 +11,12 @@ use tokio::process::{Child, Command};
 
 /// [`Remote`] that runs `sh -c <command>` locally, with `CHANGEOVER_HOST`
 /// and `CHANGEOVER_ADDRESS` set to the host's name and address.
-#[derive(Debug, Clone, Default)]
-pub struct LocalRemote {
-    _private: (),
-}
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalRemote;
 
 impl LocalRemote {
     pub fn new() -> LocalRemote {
-        LocalRemote::default()
+        LocalRemote
     }
 }
 

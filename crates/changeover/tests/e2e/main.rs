@@ -220,3 +220,34 @@ fn check_says_go_on_a_healthy_fleet() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("go: 3 unit(s)"));
 }
+
+#[test]
+fn ctrl_c_finishes_units_in_flight_and_puts_them_back() {
+    let fleet = Fleet::builder(6).start();
+    let config = fleet.config(None, "[strategy]\nbatch = 1\n");
+    let child = std::process::Command::new(fleet::BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["deploy", "--version", "v2", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once the first unit is on its way.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while fleet.haproxy.server("web-1").status == "UP" && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let out = child.wait_with_output().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(130), "{all}");
+    assert!(all.contains("interrupted"), "{all}");
+    // Every server back in rotation; the rest untouched on v1.
+    for (name, _) in &fleet.hosts {
+        let row = fleet.haproxy.wait_for_status(name, "UP", Duration::from_secs(10));
+        assert_eq!(row.status, "UP", "{name}: {all}");
+    }
+    let versions = fleet.versions();
+    assert!(versions[1..].iter().all(|v| v == "v1"), "no new unit started after Ctrl-C: {versions:?}");
+}
