@@ -375,3 +375,42 @@ async fn command_reports_remote_errors_on_one_line() {
         Err("cannot connect to web-1: Permission denied (publickey).".to_string())
     );
 }
+
+/// Set in the environment of the child process of the proxy test.
+const PROXY_CHILD: &str = "CHANGEOVER_PROXY_CHILD";
+
+/// The operator's proxy settings must not apply to health probes. Proxy
+/// variables are process-wide, so the probe runs in a child process (this
+/// test binary, re-run with a filter selecting [`proxy_child_entry_point`]).
+#[test]
+fn http_ignores_proxy_settings_from_the_environment() {
+    let dead_proxy = format!("http://127.0.0.1:{}", closed_port());
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "proxy_child_entry_point", "--nocapture"])
+        .env(PROXY_CHILD, "1")
+        .env("http_proxy", &dead_proxy)
+        .env("HTTP_PROXY", &dead_proxy)
+        .env("all_proxy", &dead_proxy)
+        .env("ALL_PROXY", &dead_proxy)
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+/// Not a test of its own: the probe for the proxy test. Does nothing unless
+/// that test started it.
+#[tokio::test]
+async fn proxy_child_entry_point() {
+    if std::env::var_os(PROXY_CHILD).is_none() {
+        return;
+    }
+    let addr = start_demo_app(DemoAppOptions::new(any_port(), "v1")).await;
+    let probe = http_probe(addr.port(), "/health", Some("ok"), TIMEOUT);
+    assert_eq!(probe.probe(&local_unit()).await, Ok(()));
+}

@@ -194,7 +194,7 @@ async fn a_command_that_runs_too_long_times_out() {
 
     let started = Instant::now();
     let err = remote
-        .run(&host, "sleep 20", Duration::from_millis(500))
+        .run(&host, "sleep 10", Duration::from_millis(500))
         .await
         .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -406,6 +406,22 @@ async fn close_and_drop_stop_the_masters() {
     drop(remote);
     assert!(wait_dead(pid).await, "master {pid} survived drop");
     assert!(!dir.exists());
+}
+
+#[tokio::test]
+async fn close_lets_a_running_command_finish() {
+    let fleet = SshFleet::start(1);
+    let host = host(&fleet.hosts()[0]);
+    let remote = remote(&fleet);
+    remote.connect_all(&[&host]).await.remove(0).unwrap();
+    let pid = master_pid(&remote);
+
+    let (output, ()) = tokio::join!(remote.run(&host, "sleep 1; echo done", LONG), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        remote.close().await;
+    });
+    assert_eq!(output.unwrap().stdout, "done\n");
+    assert!(wait_dead(pid).await, "master {pid} survived close");
 }
 
 fn local_host() -> Host {

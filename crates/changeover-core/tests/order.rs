@@ -12,7 +12,11 @@ fn config_with(order: &[usize], percent: u32) -> String {
          [targets.some]\ntags = [\"prod\"]\npercent = {percent}\n[targets.more]\ntags = [\"prod\"]\npercent = 25\n"
     );
     for &i in order {
-        s.push_str(&format!("[[hosts]]\nname = \"h{i}\"\naddress = \"10.0.{}.{}\"\ntags = [\"prod\"]\n", i / 200, i % 200 + 1));
+        s.push_str(&format!(
+            "[[hosts]]\nname = \"h{i}\"\naddress = \"10.0.{}.{}\"\ntags = [\"prod\"]\n",
+            i / 200,
+            i % 200 + 1
+        ));
     }
     s
 }

@@ -40,7 +40,8 @@ pub struct FleetHost {
 /// One `sshd` per host on 127.0.1.1 ..= 127.0.1.count, killed on drop.
 #[derive(Debug)]
 pub struct SshFleet {
-    // Dropped after the servers (see Drop), so their files outlive them.
+    // Fields drop after Drop::drop has killed the servers, so the files
+    // they use are removed only once nothing uses them.
     dir: TempDir,
     hosts: Vec<FleetHost>,
     servers: Vec<Option<Child>>,

@@ -241,7 +241,7 @@ impl SshRemote {
             Ok(Ok(session)) => Ok(session),
             Ok(Err(err)) => Err(fail(connect_message(&err))),
             Err(_) => Err(fail(format!(
-                "no SSH session within {limit:?} (connected, but the handshake or login stalled)"
+                "ssh did not finish connecting within {limit:?} (the handshake or login stalled)"
             ))),
         }
     }

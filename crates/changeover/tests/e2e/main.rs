@@ -238,16 +238,23 @@ fn ctrl_c_finishes_units_in_flight_and_puts_them_back() {
     while fleet.haproxy.server("web-1").status == "UP" && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
     let out = child.wait_with_output().unwrap();
     let all = text(&out);
     assert_eq!(out.status.code(), Some(130), "{all}");
     assert!(all.contains("interrupted"), "{all}");
     // Every server back in rotation; the rest untouched on v1.
     for (name, _) in &fleet.hosts {
-        let row = fleet.haproxy.wait_for_status(name, "UP", Duration::from_secs(10));
+        let row = fleet
+            .haproxy
+            .wait_for_status(name, "UP", Duration::from_secs(10));
         assert_eq!(row.status, "UP", "{name}: {all}");
     }
     let versions = fleet.versions();
-    assert!(versions[1..].iter().all(|v| v == "v1"), "no new unit started after Ctrl-C: {versions:?}");
+    assert!(
+        versions[1..].iter().all(|v| v == "v1"),
+        "no new unit started after Ctrl-C: {versions:?}"
+    );
 }
