@@ -5,8 +5,11 @@
 //! - [`health`]: health probes (http, tcp, command)
 //! - [`demo_app`]: the small well-behaved HTTP app used by `changeover demo`
 //!   and by the integration tests
+//! - [`witness`]: the traffic witness, steady HTTP load during a deploy that
+//!   counts every failed request
 
 pub mod demo_app;
 pub mod health;
 pub mod lb;
 pub mod remote;
+pub mod witness;

@@ -90,6 +90,7 @@ fn bench(n: usize) {
             target: None,
             forced: Default::default(),
             started: tokio::time::Instant::now(),
+            external_halt: Default::default(),
         });
         let pf = engine::preflight(&dep).await;
         assert!(pf.go());

@@ -140,6 +140,21 @@ pub enum Event {
     Interrupted {
         hard: bool,
     },
+    /// Live counts of the traffic witness (every 2 s while it runs).
+    WitnessProgress {
+        requests: u64,
+        failures: u64,
+    },
+    /// The traffic witness's final figures.
+    WitnessSummary {
+        requests: u64,
+        failures: u64,
+        p50_ms: u64,
+        p90_ms: u64,
+        p99_ms: u64,
+        max_ms: u64,
+        failure_kinds: std::collections::BTreeMap<String, u64>,
+    },
     DeployFinished {
         outcome: Outcome,
         updated: usize,

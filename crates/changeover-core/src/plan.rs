@@ -22,6 +22,7 @@ pub struct Plan {
     pub health: Option<HealthSpec>,
     pub strategy: StrategySpec,
     pub targets: BTreeMap<String, TargetSpec>,
+    pub witness: Option<WitnessSpec>,
     /// Where `.changeover/` (journal, local store) lives.
     pub state_dir: PathBuf,
 }
@@ -61,6 +62,15 @@ pub enum LbKind {
         server: Template,
         method: LbMethod,
     },
+    /// The reverse proxy inside the changeover process (`changeover demo`).
+    Embedded {
+        listen: std::net::SocketAddr,
+        /// Where a unit's backend listens, e.g. `{address}:{port}`.
+        member: Template,
+        /// HTTP path for the balancer's own health checks; `None` = TCP connect.
+        check_path: Option<String>,
+        check_interval: Duration,
+    },
     /// No balancer: units are deployed without take-out.
     None,
 }
@@ -75,6 +85,7 @@ impl LbSpec {
     pub fn kind_name(&self) -> &'static str {
         match self.kind {
             LbKind::Haproxy { .. } => "haproxy",
+            LbKind::Embedded { .. } => "embedded",
             LbKind::None => "none",
         }
     }
@@ -185,6 +196,18 @@ pub struct StrategySpec {
     pub rollout: Rollout,
     pub max_failures: Amount,
     pub pause: Duration,
+}
+
+/// The traffic witness: steady requests during the deploy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WitnessSpec {
+    pub url: String,
+    pub rps: u32,
+    pub timeout: Duration,
+    /// Halt the rollout once more requests than this have failed.
+    pub abort_after_failures: Option<u64>,
+    /// Share of requests sent on a kept-alive connection (the rest each on a new one).
+    pub keep_alive_share: f64,
 }
 
 #[derive(Debug, Clone, Default)]

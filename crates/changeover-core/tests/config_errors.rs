@@ -154,3 +154,36 @@ fn several_problems_are_reported_together() {
     assert!(out.contains("changeover.toml:27:11"), "{out}");
     assert!(out.contains("changeover.toml:43:9"), "{out}");
 }
+
+#[test]
+fn embedded_balancer_and_witness_are_accepted() {
+    let text = GOOD
+        .replace("kind = \"haproxy\"", "kind = \"embedded\"\nlisten = \"127.0.0.1:8000\"\nmember = \"{address}:8080\"\ncheck_path = \"/health\"")
+        .replace("socket = \"/run/haproxy/admin.sock\"\nbackend = \"app\"\nserver = \"{host}\"\nmethod = \"state\"\n", "")
+        + "\n[witness]\nurl = \"http://127.0.0.1:8000/\"\nrps = 50\nabort_after_failures = 3\n";
+    let loaded = config::parse("changeover.toml", &text, Path::new(".")).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let w = loaded.plan.witness.unwrap();
+    assert_eq!((w.rps, w.abort_after_failures), (50, Some(3)));
+}
+
+#[test]
+fn witness_url_must_be_http_and_is_redacted() {
+    let out = render(
+        &(GOOD.to_string()
+            + "\n[witness]\nurl = \"https://user:secret@shop.example/health?token=abc\"\n"),
+    );
+    assert!(out.contains("https://shop.example/health"), "{out}");
+    assert!(!out.contains("secret") || out.contains("url = "), "{out}");
+    assert!(
+        !out.lines()
+            .any(|l| l.contains("× ") && (l.contains("token=abc") || l.contains("user:secret"))),
+        "{out}"
+    );
+}
+
+snap!(
+    port_without_first_port,
+    "http = \"http://{address}:8080/health\"",
+    "http = \"http://{address}:{port}/health\""
+);

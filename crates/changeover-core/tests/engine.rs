@@ -59,6 +59,7 @@ fn fixture(
         target: None,
         forced: forced.iter().map(|s| s.to_string()).collect(),
         started: tokio::time::Instant::now(),
+        external_halt: Default::default(),
     });
     Fixture { lb, journal, dep }
 }
@@ -268,4 +269,40 @@ async fn every_change_is_journaled_before_it_is_made() {
     );
     assert!(matches!(records.first(), Some(Record::Begin { .. })));
     assert!(matches!(records.last(), Some(Record::End { .. })));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_external_halt_stops_new_units_like_a_failure() {
+    let f = fixture(
+        plan(6, "batch = 1"),
+        SimRemote {
+            delay: Duration::from_secs(2),
+            ..Default::default()
+        },
+        SimProbe::default(),
+        &[],
+    );
+    let pf = engine::preflight(&f.dep).await;
+    let signal = f.dep.external_halt.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        signal.trigger("traffic witness: 3 failed requests (abort_after_failures = 2)");
+    });
+    let r = engine::run(
+        f.dep.clone(),
+        &pf,
+        CancellationToken::new(),
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(r.outcome, Outcome::Failed);
+    assert!(r
+        .halt_reason
+        .as_deref()
+        .unwrap()
+        .contains("traffic witness"));
+    assert_eq!(state(&r, "web-1"), "updated");
+    assert_eq!(state(&r, "web-2"), "updated", "the unit in flight finished");
+    assert_eq!(state(&r, "web-3"), "untouched");
+    assert_eq!(f.lb.admin("web-2"), AdminState::Ready);
 }

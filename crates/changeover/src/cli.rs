@@ -64,6 +64,13 @@ pub enum Command {
         #[arg(long, value_delimiter = ',', value_name = "HOST,...")]
         force: Vec<String>,
     },
+    /// The whole job on embedded defaults, nothing to install: N demo app
+    /// instances behind the embedded balancer, rolled v1 → v2 under steady
+    /// traffic, with a summary of what the traffic saw.
+    Demo(DemoArgs),
+    /// Restart one demo instance with a version (the demo's deploy step).
+    #[command(hide = true)]
+    DemoCtl(DemoCtlArgs),
     /// The demo app (used by `changeover demo` and the tests).
     #[command(hide = true)]
     DemoApp(DemoAppArgs),
@@ -89,6 +96,40 @@ pub struct DemoAppArgs {
     pub unhealthy_file: Option<PathBuf>,
     #[arg(long)]
     pub pid_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How many app instances to run.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..=200))]
+    pub instances: u16,
+    /// Wave size: a count ("2") or a percentage ("33%").
+    #[arg(long, default_value = "2")]
+    pub batch: String,
+    /// Requests per second the traffic witness sends through the balancer.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=5000))]
+    pub rps: u32,
+    /// How long an app instance takes to boot (it listens only after that).
+    #[arg(long, default_value = "1s", value_parser = humantime_duration)]
+    pub boot_time: std::time::Duration,
+    /// Then restart the same instances without taking them out of the
+    /// balancer, with the same witness, and show both results side by side.
+    #[arg(long)]
+    pub compare_naive: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoCtlArgs {
+    #[arg(long)]
+    pub dir: PathBuf,
+    #[arg(long)]
+    pub port: u16,
+    #[arg(long)]
+    pub version: String,
+    #[arg(long, default_value = "1s", value_parser = humantime_duration)]
+    pub boot_time: std::time::Duration,
+    #[arg(long, default_value = "20ms", value_parser = humantime_duration)]
+    pub think_time: std::time::Duration,
 }
 
 fn humantime_duration(s: &str) -> Result<std::time::Duration, String> {

@@ -2,9 +2,11 @@
 //! adapters into the engine, render events, map outcomes to exit codes.
 
 mod cli;
+mod demo;
 mod plan_view;
 mod reporter;
 mod wiring;
+mod witnessing;
 
 use changeover_core::config::{self, ConfigErrors};
 use changeover_core::engine;
@@ -41,8 +43,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> u8 {
-    if let Command::DemoApp(args) = &cli.command {
-        return demo_app(args).await;
+    match &cli.command {
+        Command::DemoApp(args) => return demo_app(args).await,
+        Command::DemoCtl(args) => return demo::ctl(args),
+        Command::Demo(args) => return demo::run(args, cli.json, cli.quiet).await,
+        _ => {}
     }
     let loaded = match config::load(&cli.config) {
         Ok(l) => l,
@@ -85,7 +90,9 @@ async fn run(cli: Cli) -> u8 {
                 "check",
                 &[],
                 reporter.clone(),
-            ) {
+            )
+            .await
+            {
                 Ok(d) => d,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -118,7 +125,9 @@ async fn run(cli: Cli) -> u8 {
                 &version,
                 &force,
                 reporter.clone(),
-            ) {
+            )
+            .await
+            {
                 Ok(d) => Arc::new(d),
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -135,7 +144,22 @@ async fn run(cli: Cli) -> u8 {
             let stop = CancellationToken::new();
             let abort = CancellationToken::new();
             let signals = tokio::spawn(watch_signals(stop.clone(), abort.clone()));
+            let witness = match plan
+                .witness
+                .as_ref()
+                .map(|w| witnessing::start(w, &dep))
+                .transpose()
+            {
+                Ok(w) => w,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::USAGE;
+                }
+            };
             let report = engine::run(Arc::clone(&dep), &pf, stop, abort).await;
+            if let Some(w) = witness {
+                w.finish(&dep).await;
+            }
             signals.abort();
             dep.remote.close().await;
             match report.outcome {
@@ -144,12 +168,14 @@ async fn run(cli: Cli) -> u8 {
                 Outcome::Interrupted => exit::INTERRUPTED,
             }
         }
-        Command::DemoApp(_) => unreachable!("handled above"),
+        Command::DemoApp(_) | Command::DemoCtl(_) | Command::Demo(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 
 /// First Ctrl-C or SIGTERM: stop starting units. Second: stop at once.
-async fn watch_signals(stop: CancellationToken, abort: CancellationToken) {
+pub async fn watch_signals(stop: CancellationToken, abort: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),

@@ -4,12 +4,57 @@
 use crate::wiring;
 use changeover_core::plan::{DrainMode, HealthCheck, LbKind, OnTimeout, Plan, Rollout};
 use changeover_core::planner;
-use changeover_core::template::Vars;
+use changeover_core::template::{Template, Vars};
+use changeover_core::unit::Unit;
 use std::fmt::Write;
+
+/// What `plan` needs of a balancer: its label, a unit's member, whether it
+/// has a distinct disable step.
+trait PlanBalancer {
+    fn label(&self) -> String;
+    fn member_name(&self, unit: &Unit) -> String;
+    fn distinct_disable(&self) -> bool;
+}
+
+impl PlanBalancer for std::sync::Arc<dyn changeover_core::lb::LoadBalancer> {
+    fn label(&self) -> String {
+        changeover_core::lb::LoadBalancer::label(self.as_ref())
+    }
+    fn member_name(&self, unit: &Unit) -> String {
+        changeover_core::lb::LoadBalancer::member_name(self.as_ref(), unit)
+    }
+    fn distinct_disable(&self) -> bool {
+        self.capabilities().distinct_disable
+    }
+}
+
+impl PlanBalancer for (String, Template) {
+    fn label(&self) -> String {
+        self.0.clone()
+    }
+    fn member_name(&self, unit: &Unit) -> String {
+        self.1.render(&Vars::for_unit(unit, "", "", ""))
+    }
+    fn distinct_disable(&self) -> bool {
+        true
+    }
+}
 
 pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String, String> {
     let units = plan.select(target)?;
-    let balancers = wiring::balancers(plan);
+    let balancers: Vec<Box<dyn PlanBalancer>> = plan
+        .load_balancers
+        .iter()
+        .map(|spec| -> Box<dyn PlanBalancer> {
+            match (&spec.kind, wiring::offline_balancer(spec)) {
+                (_, Some(lb)) => Box::new(lb),
+                (LbKind::Embedded { listen, member, .. }, None) => {
+                    Box::new((format!("embedded balancer on {listen}"), member.clone()))
+                }
+                _ => unreachable!("only the embedded balancer needs binding"),
+            }
+        })
+        .collect();
     let rollout = &plan.strategy.rollout;
     let waves = planner::waves(units.len(), rollout);
     let bound = planner::out_of_service_bound(units.len(), rollout);
@@ -50,7 +95,7 @@ pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String
     for (lb, spec) in balancers.iter().zip(&plan.load_balancers) {
         let method = match &spec.kind {
             LbKind::Haproxy { method, .. } => format!(", method {method:?}").to_lowercase(),
-            LbKind::None => String::new(),
+            LbKind::None | LbKind::Embedded { .. } => String::new(),
         };
         let _ = writeln!(s, "balancer: {}{method}", lb.label());
     }
@@ -116,10 +161,7 @@ pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String
             ),
         ),
     }
-    for lb in balancers
-        .iter()
-        .filter(|b| b.capabilities().distinct_disable)
-    {
+    for lb in balancers.iter().filter(|b| b.distinct_disable()) {
         step(
             &mut s,
             format!("disable {} on {}", lb.member_name(first), lb.label()),

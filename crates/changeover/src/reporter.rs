@@ -72,6 +72,18 @@ fn human(elapsed: Duration, event: &Event, quiet: bool) -> Option<String> {
             if *failed > 0 { format!(", {failed} failed") } else { String::new() },
             if out_of_service.is_empty() { "none".into() } else { out_of_service.join(", ") }
         ),
+        Event::WitnessProgress { requests, failures } if !quiet => {
+            format!("{t} witness: {requests} requests, {failures} failed")
+        }
+        Event::WitnessSummary { requests, failures, p50_ms, p90_ms, p99_ms, max_ms, failure_kinds } => {
+            let mut s = format!(
+                "witness: {requests} requests, {failures} failed; latency p50 {p50_ms} ms, p90 {p90_ms} ms, p99 {p99_ms} ms, max {max_ms} ms"
+            );
+            for (kind, n) in failure_kinds {
+                s.push_str(&format!("\n  {n} × {kind}"));
+            }
+            s
+        }
         Event::Halted { reason } => format!("{t} HALTED: {reason}; no new unit starts, units in flight finish"),
         Event::Interrupted { hard: false } => format!(
             "{t} interrupted: no new unit starts; units in flight finish their phase and go back in if healthy (Ctrl-C again to stop at once)"

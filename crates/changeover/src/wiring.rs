@@ -1,6 +1,7 @@
 //! From a validated plan to a [`Deployment`]: choose and build the adapters.
 
 use changeover_adapters::health::{command::CommandProbe, http::HttpProbe, tcp::TcpProbe};
+use changeover_adapters::lb::embedded::{EmbeddedLb, EmbeddedOptions};
 use changeover_adapters::lb::{haproxy, none::NoBalancer};
 use changeover_adapters::remote::{local::LocalRemote, ssh};
 use changeover_core::engine::{Deployment, Preflight};
@@ -8,12 +9,13 @@ use changeover_core::event::{Event, EventSink};
 use changeover_core::health::HealthProbe;
 use changeover_core::journal::FileJournal;
 use changeover_core::lb::LoadBalancer;
-use changeover_core::plan::{HealthCheck, LbKind, LbMethod, Plan};
+use changeover_core::plan::{HealthCheck, LbKind, LbMethod, LbSpec, Plan};
 use changeover_core::remote::Remote;
+use changeover_core::unit::Unit;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-pub fn deployment(
+pub async fn deployment(
     plan: &Arc<Plan>,
     target: Option<&str>,
     version: &str,
@@ -33,7 +35,10 @@ pub fn deployment(
     } else {
         Arc::clone(&local)
     };
-    let balancers = balancers(plan);
+    let mut balancers = Vec::new();
+    for spec in &plan.load_balancers {
+        balancers.push(balancer(spec, &units).await?);
+    }
     let health = plan.health.as_ref().map(|h| -> Arc<dyn HealthProbe> {
         match &h.check {
             HealthCheck::Http {
@@ -72,33 +77,57 @@ pub fn deployment(
             .filter(|s| !s.is_empty())
             .collect::<BTreeSet<_>>(),
         started: tokio::time::Instant::now(),
+        external_halt: Default::default(),
     })
 }
 
-/// The balancers of a plan (building them touches no network).
-pub fn balancers(plan: &Plan) -> Vec<Arc<dyn LoadBalancer>> {
-    plan.load_balancers
-        .iter()
-        .map(|spec| -> Arc<dyn LoadBalancer> {
-            match &spec.kind {
-                LbKind::Haproxy {
-                    socket,
-                    backend,
-                    server,
-                    method,
-                } => Arc::new(haproxy::HaproxyLb::new(
-                    socket.clone(),
-                    backend.clone(),
-                    server.clone(),
-                    match method {
-                        LbMethod::State => haproxy::Method::State,
-                        LbMethod::Weight => haproxy::Method::Weight,
-                    },
-                )),
-                LbKind::None => Arc::new(NoBalancer),
-            }
-        })
-        .collect()
+/// Build one balancer. HAProxy and "none" touch no network here; the
+/// embedded balancer binds its listener and starts checking its backends.
+pub async fn balancer(spec: &LbSpec, units: &[Arc<Unit>]) -> Result<Arc<dyn LoadBalancer>, String> {
+    Ok(match &spec.kind {
+        LbKind::Haproxy { .. } | LbKind::None => offline_balancer(spec).expect("not embedded"),
+        LbKind::Embedded {
+            listen,
+            member,
+            check_path,
+            check_interval,
+        } => {
+            let opts = EmbeddedOptions {
+                listen: *listen,
+                check_path: check_path.clone(),
+                check_interval: *check_interval,
+                ..EmbeddedOptions::default()
+            };
+            Arc::new(
+                EmbeddedLb::start(opts, member.clone(), units)
+                    .await
+                    .map_err(|e| format!("cannot start the embedded balancer on {listen}: {e}"))?,
+            )
+        }
+    })
+}
+
+/// A balancer that can be built without touching anything (for `plan`);
+/// `None` for the embedded one, which would have to bind its port.
+pub fn offline_balancer(spec: &LbSpec) -> Option<Arc<dyn LoadBalancer>> {
+    match &spec.kind {
+        LbKind::Haproxy {
+            socket,
+            backend,
+            server,
+            method,
+        } => Some(Arc::new(haproxy::HaproxyLb::new(
+            socket.clone(),
+            backend.clone(),
+            server.clone(),
+            match method {
+                LbMethod::State => haproxy::Method::State,
+                LbMethod::Weight => haproxy::Method::Weight,
+            },
+        ))),
+        LbKind::None => Some(Arc::new(NoBalancer)),
+        LbKind::Embedded { .. } => None,
+    }
 }
 
 fn deploy_id() -> String {

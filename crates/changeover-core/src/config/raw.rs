@@ -22,6 +22,16 @@ pub struct RawConfig {
     #[serde(default)]
     pub targets: BTreeMap<String, RawTarget>,
     pub state_dir: Option<String>,
+    pub witness: Option<RawWitness>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawWitness {
+    pub url: String,
+    pub rps: Option<i64>,
+    pub timeout: Option<String>,
+    pub abort_after_failures: Option<i64>,
+    pub keep_alive_share: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,6 +66,12 @@ pub struct RawLb {
     pub backend: Option<String>,
     pub server: Option<String>,
     pub method: Option<String>,
+    /// embedded: the address the proxy listens on.
+    pub listen: Option<String>,
+    /// embedded: the backend address template of a unit.
+    pub member: Option<String>,
+    pub check_path: Option<String>,
+    pub check_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

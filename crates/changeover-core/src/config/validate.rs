@@ -23,7 +23,7 @@ const LB_KINDS: &[&str] = &[
     "embedded",
     "none",
 ];
-const LB_KINDS_AVAILABLE: &[&str] = &["haproxy", "none"];
+const LB_KINDS_AVAILABLE: &[&str] = &["haproxy", "embedded", "none"];
 
 pub(super) struct Validator<'a> {
     file: &'a str,
@@ -308,6 +308,8 @@ impl<'a> Validator<'a> {
         let health = raw.health.and_then(|h| self.health(h));
         let strategy = self.strategy(raw.strategy);
         let targets = self.targets(raw.targets, &hosts);
+        let witness = raw.witness.and_then(|w| self.witness(w));
+        self.ports_needed(&load_balancers, &instances, &health, &deploy);
         let state_dir = match raw.state_dir {
             Some(d) => self.base_dir.join(d),
             None => self.base_dir.join(".changeover"),
@@ -327,8 +329,58 @@ impl<'a> Validator<'a> {
             health,
             strategy: strategy?,
             targets,
+            witness,
             state_dir,
         })
+    }
+
+    /// `{port}` is empty unless `[instances] first_port` is set: a template
+    /// that needs it would silently produce a wrong address or command.
+    fn ports_needed(
+        &mut self,
+        lbs: &[LbSpec],
+        instances: &Instances,
+        health: &Option<HealthSpec>,
+        deploy: &Option<DeploySpec>,
+    ) {
+        if instances.first_port.is_some() {
+            return;
+        }
+        let uses_port = |t: &Template| t.placeholders().any(|p| p == "port");
+        let mut users: Vec<P> = Vec::new();
+        for (i, lb) in lbs.iter().enumerate() {
+            if let LbKind::Embedded { member, .. } = &lb.kind {
+                if uses_port(member) {
+                    users.push(path!["load_balancers", i, "member"]);
+                }
+            }
+        }
+        if let Some(h) = health {
+            let (key, t) = match &h.check {
+                HealthCheck::Http { url, .. } => ("http", url),
+                HealthCheck::Tcp { address } => ("tcp", address),
+                HealthCheck::Command(t) => ("command", t),
+            };
+            if uses_port(t) {
+                users.push(path!["health", key]);
+            }
+        }
+        if let Some(d) = deploy {
+            if d.run.iter().any(uses_port) {
+                users.push(path!["deploy", "run"]);
+            }
+            if d.local.iter().any(uses_port) {
+                users.push(path!["deploy", "local"]);
+            }
+        }
+        for p in users {
+            self.err(
+                p,
+                "{port} is used here but no port is defined",
+                "needs [instances] first_port",
+                "add [instances] with first_port = <the first instance's port> (instance k listens on first_port + k - 1)",
+            );
+        }
     }
 
     fn ssh(&mut self, raw: RawSsh) -> SshSettings {
@@ -505,6 +557,10 @@ impl<'a> Validator<'a> {
             };
             let kind = match lb.kind.as_str() {
                 "none" => LbKind::None,
+                "embedded" => match self.embedded(i, &lb) {
+                    Some(k) => k,
+                    None => continue,
+                },
                 _ => {
                     let socket = lb.socket.clone().unwrap_or_else(|| {
                         self.err(path!["load_balancers", i], "haproxy balancer without `socket`", "this balancer", "set socket = \"/run/haproxy/admin.sock\" (a unix socket path) or \"127.0.0.1:9999\" (the runtime API's TCP address)");
@@ -549,6 +605,107 @@ impl<'a> Validator<'a> {
         out
     }
 
+    fn embedded(&mut self, i: usize, lb: &RawLb) -> Option<LbKind> {
+        let listen_text = lb.listen.clone().unwrap_or_else(|| "127.0.0.1:0".into());
+        let listen = match listen_text.parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    path!["load_balancers", i, "listen"],
+                    format!("`{listen_text}` is not an address to listen on"),
+                    "not ip:port",
+                    "write listen = \"127.0.0.1:8000\"",
+                );
+                None
+            }
+        };
+        let member_src = lb
+            .member
+            .clone()
+            .unwrap_or_else(|| "{address}:{port}".into());
+        let member = self.template(path!["load_balancers", i, "member"], &member_src);
+        if let Some(p) = &lb.check_path {
+            if !p.starts_with('/') {
+                self.err(
+                    path!["load_balancers", i, "check_path"],
+                    format!("`{p}` is not a path"),
+                    "must start with /",
+                    "write check_path = \"/health\"",
+                );
+            }
+        }
+        let check_interval = self.duration(
+            path!["load_balancers", i, "check_interval"],
+            lb.check_interval.as_ref(),
+            Duration::from_millis(200),
+            false,
+        );
+        Some(LbKind::Embedded {
+            listen: listen?,
+            member: member?,
+            check_path: lb.check_path.clone(),
+            check_interval,
+        })
+    }
+
+    fn witness(&mut self, raw: RawWitness) -> Option<WitnessSpec> {
+        if !raw.url.starts_with("http://") {
+            self.err(
+                path!["witness", "url"],
+                format!("the witness URL `{}` is not an http:// URL", redact_url(&raw.url)),
+                "not http://",
+                "point the witness at the balancer's http:// address, e.g. url = \"http://10.0.0.5/health\" (https is not supported by the witness yet)",
+            );
+        }
+        let rps = match raw.rps {
+            None => 20,
+            Some(n) if (1..=10_000).contains(&n) => n as u32,
+            Some(n) => {
+                self.err(
+                    path!["witness", "rps"],
+                    format!("rps = {n} is out of range"),
+                    "out of range",
+                    "requests per second, 1 to 10000",
+                );
+                20
+            }
+        };
+        let abort_after_failures = match raw.abort_after_failures {
+            None => None,
+            Some(n) if n >= 0 => Some(n as u64),
+            Some(n) => {
+                self.err(
+                    path!["witness", "abort_after_failures"],
+                    format!("{n} is negative"),
+                    "negative",
+                    "the number of failed requests tolerated before the rollout halts, 0 or more",
+                );
+                None
+            }
+        };
+        let keep_alive_share = match raw.keep_alive_share {
+            None => 0.5,
+            Some(f) if (0.0..=1.0).contains(&f) => f,
+            Some(f) => {
+                self.err(path!["witness", "keep_alive_share"], format!("{f} is not a share"), "out of range", "a number from 0.0 (every request on a new connection) to 1.0 (all on kept-alive connections)");
+                0.5
+            }
+        };
+        let timeout = self.duration(
+            path!["witness", "timeout"],
+            raw.timeout.as_ref(),
+            Duration::from_secs(2),
+            false,
+        );
+        Some(WitnessSpec {
+            url: raw.url,
+            rps,
+            timeout,
+            abort_after_failures,
+            keep_alive_share,
+        })
+    }
+
     fn drain(&mut self, raw: Option<RawDrain>, lbs: &[LbSpec]) -> Option<DrainSpec> {
         let raw = raw.unwrap_or(RawDrain {
             mode: None,
@@ -557,7 +714,9 @@ impl<'a> Validator<'a> {
             interval: None,
             command: None,
         });
-        let counting = lbs.iter().any(|l| matches!(l.kind, LbKind::Haproxy { .. }));
+        let counting = lbs
+            .iter()
+            .any(|l| matches!(l.kind, LbKind::Haproxy { .. } | LbKind::Embedded { .. }));
         let default_mode = if counting || lbs.is_empty() {
             "lb"
         } else {
@@ -874,6 +1033,23 @@ impl<'a> Validator<'a> {
             );
         }
         out
+    }
+}
+
+/// A URL for messages: no userinfo, no query (either may hold a secret).
+fn redact_url(url: &str) -> String {
+    let no_query = url.split(['?', '#']).next().unwrap_or("");
+    match no_query.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+            let host = authority.rsplit('@').next().unwrap_or(authority);
+            if path.is_empty() {
+                format!("{scheme}://{host}")
+            } else {
+                format!("{scheme}://{host}/{path}")
+            }
+        }
+        None => no_query.to_string(),
     }
 }
 

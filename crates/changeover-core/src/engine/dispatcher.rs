@@ -116,6 +116,9 @@ pub async fn run(
             units: queue.iter().map(|&i| dep.units[i].name()).collect(),
         });
         loop {
+            if dep.external_halt.is_triggered() && !d.halt.is_cancelled() {
+                d.halt_with(dep.external_halt.reason());
+            }
             // Start what the bound allows. Forced units that were already out
             // do not take a place.
             while let Some(&next) = queue.front() {
@@ -148,6 +151,7 @@ pub async fn run(
                     break 'waves;
                 }
                 _ = stop.cancelled(), if !d.interrupted => d.interrupt(false),
+                reason = dep.external_halt.triggered(), if !d.halt.is_cancelled() => d.halt_with(reason),
                 Some(msg) = rx.recv() => d.on_msg(msg),
                 Some(joined) = tasks.join_next() => {
                     match joined {

@@ -42,6 +42,45 @@ pub struct Deployment {
     /// Host names that may be down or unreachable (`--force`).
     pub forced: BTreeSet<String>,
     pub started: Instant,
+    /// Lets something outside the engine halt the rollout as a failure
+    /// would (the traffic witness seeing too many failed requests).
+    pub external_halt: HaltSignal,
+}
+
+/// A halt requested from outside the engine, with its reason.
+#[derive(Clone, Default)]
+pub struct HaltSignal {
+    token: tokio_util::sync::CancellationToken,
+    reason: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl HaltSignal {
+    /// Ask the dispatcher to halt; the first reason wins.
+    pub fn trigger(&self, reason: impl Into<String>) {
+        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_none() {
+            *r = Some(reason.into());
+        }
+        drop(r);
+        self.token.cancel();
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    pub fn reason(&self) -> String {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default()
+    }
+
+    pub(crate) async fn triggered(&self) -> String {
+        self.token.cancelled().await;
+        self.reason()
+    }
 }
 
 impl Deployment {
