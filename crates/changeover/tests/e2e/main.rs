@@ -2,6 +2,7 @@
 //! on 127.0.1.x, with steady load through HAProxy.
 
 mod fleet;
+mod frontend;
 
 use changeover_testkit::load::{LoadGen, LoadOptions};
 use fleet::{changeover, Fleet, OutSampler};
@@ -256,5 +257,40 @@ fn ctrl_c_finishes_units_in_flight_and_puts_them_back() {
     assert!(
         versions[1..].iter().all(|v| v == "v1"),
         "no new unit started after Ctrl-C: {versions:?}"
+    );
+}
+
+#[test]
+fn witness_failures_halt_the_rollout() {
+    // No take-out (kind "none"): restarts drop requests, the witness sees
+    // them, and abort_after_failures = 0 halts the rollout after the wave in
+    // flight. Proves the witness is wired into real deploys, not only the demo.
+    let fleet = Fleet::builder(6).start();
+    let witness = format!(
+        "[witness]\nurl = \"http://{}/\"\nrps = 100\ntimeout = \"2s\"\nabort_after_failures = 0\nkeep_alive_share = 0.0\n",
+        fleet.frontend()
+    );
+    let config = fleet.config(
+        Some("[[load_balancers]]\nkind = \"none\"\n"),
+        &format!("[drain]\nmode = \"fixed\"\ntimeout = \"0s\"\n\n[strategy]\nbatch = 1\npause = \"1s\"\n\n{witness}"),
+    );
+    let out = changeover(&config, &["deploy", "--version", "v2", "--json"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("traffic witness"),
+        "the halt names the witness: {all}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = stdout
+        .lines()
+        .find(|l| l.contains("\"witness_summary\""))
+        .expect("a witness_summary event");
+    let v: serde_json::Value = serde_json::from_str(summary).unwrap();
+    assert!(v["failures"].as_u64().unwrap() > 0, "{summary}");
+    let versions = fleet.versions();
+    assert!(
+        versions.iter().filter(|v| *v == "v1").count() >= 3,
+        "the rollout stopped early: {versions:?}"
     );
 }
