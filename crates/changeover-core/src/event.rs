@@ -133,6 +133,22 @@ pub enum Event {
         in_flight: usize,
         max_in_flight: usize,
         out_of_service: Vec<String>,
+        /// With `wait_for_all_healthy`: the units whose failing health check
+        /// holds the next start back (absent when nothing is waiting).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        gated_on: Vec<String>,
+    },
+    /// `wait_for_all_healthy`: the gate is closed because these units fail
+    /// their health check; emitted when the set changes.
+    GateClosed {
+        unhealthy: Vec<GateUnit>,
+        /// How long the gate has been closed.
+        closed_ms: u64,
+        gate_timeout_ms: u64,
+    },
+    /// The gate opened again after being closed.
+    GateOpened {
+        closed_ms: u64,
     },
     Halted {
         reason: String,
@@ -168,6 +184,13 @@ pub enum Event {
 }
 
 /// `UnitResult` flattened for JSON: `{"result": "failed", "phase": ..., "error": ...}`.
+/// A unit that holds the gate closed, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GateUnit {
+    pub unit: String,
+    pub error: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct UnitResultJson {
     pub result: &'static str,

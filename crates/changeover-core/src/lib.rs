@@ -8,6 +8,7 @@ pub mod event;
 pub mod health;
 pub mod journal;
 pub mod lb;
+pub mod netstat;
 pub mod plan;
 pub mod planner;
 pub mod remote;

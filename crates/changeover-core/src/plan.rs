@@ -56,8 +56,8 @@ pub enum LbMethod {
 #[derive(Debug, Clone)]
 pub enum LbKind {
     Haproxy {
-        /// Unix socket path or `host:port`.
-        socket: String,
+        /// How the Runtime API is reached.
+        socket: HaproxySocket,
         backend: Template,
         server: Template,
         method: LbMethod,
@@ -73,6 +73,27 @@ pub enum LbKind {
     },
     /// No balancer: units are deployed without take-out.
     None,
+}
+
+/// Where an HAProxy Runtime API is. With `scope = "host"` both are on each
+/// host: the path is reached through the host's SSH connection (unix-socket
+/// forwarding), the command runs there.
+#[derive(Debug, Clone)]
+pub enum HaproxySocket {
+    /// A unix socket path, or TCP `host:port`.
+    Path(String),
+    /// A command whose stdin/stdout is the Runtime API, e.g. `docker exec -i
+    /// haproxy socat stdio /var/run/haproxy.sock`; run once per exchange.
+    Command(Template),
+}
+
+impl std::fmt::Display for HaproxySocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HaproxySocket::Path(p) => f.write_str(p),
+            HaproxySocket::Command(t) => write!(f, "`{t}`"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +116,9 @@ impl LbSpec {
 pub enum DrainMode {
     /// The balancer's own session count reaches 0.
     Lb,
+    /// No established TCP connection to the unit's port, counted on the host
+    /// itself (from `/proc/net/tcp*`, over SSH).
+    Host,
     /// A plain pause of `timeout`.
     Fixed,
     /// A command (on the host) that exits 0 once the unit is drained; polled.
@@ -189,6 +213,10 @@ pub enum Rollout {
     Batch(Vec<Amount>),
     /// A sliding window: at most this many out of service at once.
     Window(Amount),
+    /// Hosts split into groups of this many (count or % of the hosts), rolled
+    /// one group after another; inside a group, instance 1 of every host at
+    /// once, then instance 2, and so on: never two units of one host at once.
+    Groups(Amount),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -196,6 +224,12 @@ pub struct StrategySpec {
     pub rollout: Rollout,
     pub max_failures: Amount,
     pub pause: Duration,
+    /// A new unit starts only when every unit of the fleet (but those in
+    /// flight, left out after failing, or on `--force`d hosts) passes its
+    /// health check.
+    pub wait_for_all_healthy: bool,
+    /// How long that gate may stay closed before the deploy halts.
+    pub gate_timeout: Duration,
 }
 
 /// The traffic witness: steady requests during the deploy.
@@ -286,7 +320,7 @@ impl Plan {
     /// every host).
     pub fn uses_ssh(&self) -> bool {
         !self.deploy.run.is_empty()
-            || matches!(self.drain.mode, DrainMode::Command(_))
+            || matches!(self.drain.mode, DrainMode::Command(_) | DrainMode::Host)
             || matches!(
                 self.health.as_ref().map(|h| &h.check),
                 Some(HealthCheck::Command(_))

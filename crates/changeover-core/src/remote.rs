@@ -55,6 +55,38 @@ pub trait Remote: Send + Sync {
         timeout: Duration,
     ) -> Result<CommandOutput, RemoteError>;
 
+    /// Like `run`, with `input` written to the command's stdin, which is then
+    /// closed (for a socket client such as `socat stdio …`, the HAProxy
+    /// Runtime API behind `socket_command`).
+    async fn run_with_input(
+        &self,
+        host: &Host,
+        command: &str,
+        input: &[u8],
+        timeout: Duration,
+    ) -> Result<CommandOutput, RemoteError> {
+        let _ = (input, timeout);
+        Err(RemoteError::Exec {
+            host: host.name.clone(),
+            command: command.to_string(),
+            message: "this executor cannot feed a command's stdin".into(),
+        })
+    }
+
+    /// A path on this machine that connects to the unix socket `path` on the
+    /// host (SSH unix-socket forwarding over the host's connection). `renew`
+    /// asks for a fresh forward when the last one stopped answering. An
+    /// executor whose "host" is this machine returns `path` itself.
+    async fn forward_unix_socket(
+        &self,
+        host: &Host,
+        path: &str,
+        renew: bool,
+    ) -> Result<std::path::PathBuf, RemoteError> {
+        let _ = (host, renew);
+        Ok(std::path::PathBuf::from(path))
+    }
+
     /// Close connections (SSH masters). Idempotent.
     async fn close(&self) {}
 }

@@ -105,11 +105,14 @@ impl LoadBalancer for SimBalancer {
 }
 
 /// A remote whose commands succeed at once, except on hosts listed as failing.
+/// `output` answers commands that contain a key (e.g. the `/proc/net/tcp`
+/// read of drain mode "host"), in turn; the last answer repeats.
 #[derive(Default)]
 pub struct SimRemote {
     pub failing_hosts: HashSet<String>,
     pub unreachable_hosts: HashSet<String>,
     pub delay: Duration,
+    pub output: std::sync::Mutex<Vec<(String, std::collections::VecDeque<String>)>>,
 }
 
 #[async_trait]
@@ -132,9 +135,27 @@ impl Remote for SimRemote {
     async fn run(
         &self,
         host: &Host,
-        _command: &str,
+        command: &str,
         _timeout: Duration,
     ) -> Result<CommandOutput, RemoteError> {
+        {
+            let mut output = self.output.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, answers)) = output
+                .iter_mut()
+                .find(|(k, _)| command.contains(k.as_str()))
+            {
+                let stdout = if answers.len() > 1 {
+                    answers.pop_front().unwrap_or_default()
+                } else {
+                    answers.front().cloned().unwrap_or_default()
+                };
+                return Ok(CommandOutput {
+                    status: Some(0),
+                    stdout,
+                    stderr: String::new(),
+                });
+            }
+        }
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
@@ -152,19 +173,41 @@ impl Remote for SimRemote {
     }
 }
 
-/// A probe that passes at once, except for units listed as unhealthy.
+/// A probe that passes at once, except for units listed as unhealthy, and
+/// units that fail their next N probes (then recover).
 #[derive(Default)]
 pub struct SimProbe {
     pub unhealthy_units: HashSet<String>,
+    pub failing_probes: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+impl SimProbe {
+    /// `unit` fails its next `n` probes, then passes.
+    pub fn fail_next(self, unit: &str, n: u32) -> SimProbe {
+        self.failing_probes
+            .lock()
+            .unwrap()
+            .insert(unit.to_string(), n);
+        self
+    }
 }
 
 #[async_trait]
 impl HealthProbe for SimProbe {
     async fn probe(&self, unit: &Unit) -> Result<(), String> {
         if self.unhealthy_units.contains(&unit.name()) {
-            Err("simulated: status 503".into())
-        } else {
-            Ok(())
+            return Err("simulated: status 503".into());
+        }
+        let mut failing = self
+            .failing_probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match failing.get_mut(&unit.name()) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                Err("simulated: status 503 (recovering)".into())
+            }
+            _ => Ok(()),
         }
     }
     fn describe(&self, unit: &Unit) -> String {

@@ -187,3 +187,104 @@ snap!(
     "http = \"http://{address}:8080/health\"",
     "http = \"http://{address}:{port}/health\""
 );
+
+/// The front-end tier config from issue 4, as written: HAProxy beside the
+/// app on every host, three instances, weights, groups of 35 %.
+const FRONT_TIER: &str = r#"app = "front"
+
+[[hosts]]
+name = "fe-1"
+address = "10.0.20.1"
+
+[[hosts]]
+name = "fe-2"
+address = "10.0.20.2"
+
+[instances]
+count = 3
+first_port = 8081          # instance k listens on first_port + k - 1: {port}
+
+[[load_balancers]]
+kind = "haproxy"
+scope = "host"             # the socket is on each host, used over SSH
+socket = "/run/haproxy/admin.sock"
+backend = "pxapp"
+server = "pxApp_{instance}"
+method = "weight"          # weight 0, then back to the weight it had before
+
+[deploy]
+run = "docker restart app-{instance}"
+
+[health]
+http = "http://{address}:{port}/health"
+
+[strategy]
+groups = "35%"             # group size = max(1, floor(35 % of hosts))
+"#;
+
+#[test]
+fn front_tier_config_works_as_written() {
+    let loaded = config::parse("changeover.toml", FRONT_TIER, Path::new(".")).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    assert_eq!(loaded.plan.units().len(), 6);
+    let with_command = FRONT_TIER.replace(
+        "socket = \"/run/haproxy/admin.sock\"",
+        "socket_command = \"docker exec -i haproxy socat stdio /var/run/haproxy.sock\"",
+    );
+    let loaded = config::parse("changeover.toml", &with_command, Path::new(".")).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let gated = FRONT_TIER.replace(
+        "groups = \"35%\"             # group size = max(1, floor(35 % of hosts))",
+        "window = \"10%\"\nwait_for_all_healthy = true\ngate_timeout = \"2m\"",
+    ) + "\n[drain]\nmode = \"host\"\n";
+    let loaded = config::parse("changeover.toml", &gated, Path::new(".")).unwrap();
+    assert!(loaded.plan.strategy.wait_for_all_healthy);
+    assert_eq!(loaded.plan.strategy.gate_timeout.as_secs(), 120);
+}
+
+/// Each bad combination is refused with its key's line and a hint.
+#[test]
+fn front_tier_mistakes_are_refused_with_a_hint() {
+    let cases = [
+        (
+            FRONT_TIER.replace("groups = \"35%\"", "groups = \"35%\"\nbatch = 2"),
+            "both groups and batch are set",
+        ),
+        (
+            FRONT_TIER.replace(
+                "socket = \"/run/haproxy/admin.sock\"",
+                "socket = \"/run/haproxy/admin.sock\"\nsocket_command = \"socat stdio /x\"",
+            ),
+            "both socket and socket_command are set",
+        ),
+        (
+            FRONT_TIER.replace(
+                "socket = \"/run/haproxy/admin.sock\"",
+                "socket = \"admin.sock\"",
+            ),
+            "is not an absolute socket path",
+        ),
+        (
+            FRONT_TIER.replace("kind = \"haproxy\"", "kind = \"embedded\""),
+            "scope = \"host\" is not available for kind `embedded`",
+        ),
+        (
+            FRONT_TIER.replace("[health]\nhttp = \"http://{address}:{port}/health\"\n", "")
+                + "\nwait_for_all_healthy = true\n",
+            "wait_for_all_healthy needs a health check",
+        ),
+        (
+            FRONT_TIER
+                .replace("first_port = 8081", "")
+                .replace("{port}", "8081")
+                + "\n[drain]\nmode = \"host\"\n",
+            "drain mode \"host\" counts connections to the unit's port",
+        ),
+    ];
+    for (text, want) in cases {
+        let text = render(&text);
+        assert!(text.contains(want), "want `{want}` in:\n{text}");
+        assert!(text.contains("changeover.toml:"), "names the line:\n{text}");
+        assert!(text.contains("help:"), "has a hint:\n{text}");
+    }
+}

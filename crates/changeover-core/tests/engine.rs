@@ -147,6 +147,7 @@ async fn failed_step_halts_and_leaves_unit_out() {
 async fn unhealthy_unit_fails_at_deadline() {
     let probe = SimProbe {
         unhealthy_units: ["web-2".to_string()].into(),
+        ..Default::default()
     };
     let f = fixture(plan(4, "batch = 1"), SimRemote::default(), probe, &[]);
     let t0 = tokio::time::Instant::now();

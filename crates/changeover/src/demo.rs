@@ -145,7 +145,7 @@ impl Demo {
                     return exit::FAILED;
                 }
             };
-            let batch = engine_wave_size(&plan, n);
+            let batch = engine_wave_size(&plan);
             let naive_ok = self.naive_restart(batch, args.boot_time, &stop).await;
             let r = w.finish(&dep).await;
             if !naive_ok {
@@ -350,13 +350,9 @@ timeout = "2s"
     }
 }
 
-/// The wave size the engine uses for `n` units (for the naive comparison).
-fn engine_wave_size(plan: &changeover_core::plan::Plan, n: usize) -> usize {
-    changeover_core::planner::waves(n, &plan.strategy.rollout)
-        .iter()
-        .map(|w| w.len())
-        .max()
-        .unwrap_or(1)
+/// The wave size the engine uses for the plan's units (for the naive comparison).
+fn engine_wave_size(plan: &changeover_core::plan::Plan) -> usize {
+    changeover_core::planner::out_of_service_bound(&plan.units(), &plan.strategy.rollout)
 }
 
 /// `demo-ctl`: stop the instance on a port gracefully (SIGTERM: it stops

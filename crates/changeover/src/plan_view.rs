@@ -2,11 +2,14 @@
 //! Touches nothing.
 
 use crate::wiring;
+use changeover_adapters::remote::local::LocalRemote;
 use changeover_core::plan::{DrainMode, HealthCheck, LbKind, OnTimeout, Plan, Rollout};
 use changeover_core::planner;
+use changeover_core::remote::Remote;
 use changeover_core::template::{Template, Vars};
 use changeover_core::unit::Unit;
 use std::fmt::Write;
+use std::sync::Arc;
 
 /// What `plan` needs of a balancer: its label, a unit's member, whether it
 /// has a distinct disable step.
@@ -42,11 +45,16 @@ impl PlanBalancer for (String, Template) {
 
 pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String, String> {
     let units = plan.select(target)?;
+    // `plan` touches nothing: these executors are never asked to run.
+    let here: Arc<dyn Remote> = Arc::new(LocalRemote::new());
     let balancers: Vec<Box<dyn PlanBalancer>> = plan
         .load_balancers
         .iter()
         .map(|spec| -> Box<dyn PlanBalancer> {
-            match (&spec.kind, wiring::offline_balancer(spec)) {
+            match (
+                &spec.kind,
+                wiring::offline_balancer(spec, &units, &here, &here),
+            ) {
                 (_, Some(lb)) => Box::new(lb),
                 (LbKind::Embedded { listen, member, .. }, None) => {
                     Box::new((format!("embedded balancer on {listen}"), member.clone()))
@@ -56,8 +64,8 @@ pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String
         })
         .collect();
     let rollout = &plan.strategy.rollout;
-    let waves = planner::waves(units.len(), rollout);
-    let bound = planner::out_of_service_bound(units.len(), rollout);
+    let waves = planner::waves(&units, rollout);
+    let bound = planner::out_of_service_bound(&units, rollout);
     let mut s = String::new();
     let hosts: std::collections::BTreeSet<&str> =
         units.iter().map(|u| u.host.name.as_str()).collect();
@@ -79,12 +87,23 @@ pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String
             waves.len()
         ),
         Rollout::Window(w) => format!("window {w}: a new unit starts as soon as one finishes"),
+        Rollout::Groups(g) => format!(
+            "groups of {g} of the hosts, instance by instance inside a group: {} wave(s)",
+            waves.len()
+        ),
     };
     let _ = writeln!(
         s,
         "strategy: {strategy}; at most {bound} out of service; halt after more than {} failure(s)",
         plan.strategy.max_failures.of_allow_zero(units.len())
     );
+    if plan.strategy.wait_for_all_healthy {
+        let _ = writeln!(
+            s,
+            "gate: a unit starts only when every unit of the fleet passes its health check (halt after {} closed)",
+            humantime::format_duration(plan.strategy.gate_timeout)
+        );
+    }
     if !plan.strategy.pause.is_zero() {
         let _ = writeln!(
             s,
@@ -102,7 +121,7 @@ pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String
     s.push('\n');
     for (wi, wave) in waves.iter().enumerate() {
         let _ = writeln!(s, "wave {} ({} unit(s))", wi + 1, wave.len());
-        for u in &units[wave.clone()] {
+        for u in wave.iter().map(|&i| &units[i]) {
             let members: Vec<String> = balancers.iter().map(|b| b.member_name(u)).collect();
             let _ = writeln!(
                 s,
@@ -151,6 +170,14 @@ pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String
         DrainMode::Fixed => step(
             &mut s,
             format!("drain: wait {}", humantime::format_duration(drain.timeout)),
+        ),
+        DrainMode::Host => step(
+            &mut s,
+            format!(
+                "drain: until {} counts no established connection to port {} ({bound_text})",
+                first.host.name,
+                first.port.map_or("?".into(), |p| p.to_string())
+            ),
         ),
         DrainMode::Command(t) => step(
             &mut s,

@@ -67,11 +67,27 @@ fn human(elapsed: Duration, event: &Event, quiet: bool) -> Option<String> {
             }
             line
         }
-        Event::Progress { done, total, failed, in_flight, max_in_flight, out_of_service } if !quiet => format!(
-            "{t} [{done}/{total} done{}] in flight {in_flight}/{max_in_flight} · out of service: {}",
+        Event::Progress { done, total, failed, in_flight, max_in_flight, out_of_service, gated_on } if !quiet => format!(
+            "{t} [{done}/{total} done{}] in flight {in_flight}/{max_in_flight} · out of service: {}{}",
             if *failed > 0 { format!(", {failed} failed") } else { String::new() },
-            if out_of_service.is_empty() { "none".into() } else { out_of_service.join(", ") }
+            if out_of_service.is_empty() { "none".into() } else { out_of_service.join(", ") },
+            if gated_on.is_empty() { String::new() } else { format!(" · gate closed, waiting for: {}", gated_on.join(", ")) }
         ),
+        Event::GateClosed { unhealthy, closed_ms, gate_timeout_ms } => {
+            let mut s = format!(
+                "{t} gate closed for {:.1}s (halts at {:.0}s): not healthy: {}",
+                *closed_ms as f64 / 1000.0,
+                *gate_timeout_ms as f64 / 1000.0,
+                unhealthy.iter().map(|u| u.unit.as_str()).collect::<Vec<_>>().join(", ")
+            );
+            for u in unhealthy.iter().take(5) {
+                s.push_str(&format!("\n             | {}: {}", u.unit, u.error));
+            }
+            s
+        }
+        Event::GateOpened { closed_ms } if !quiet => {
+            format!("{t} gate open again after {:.1}s: every unit healthy", *closed_ms as f64 / 1000.0)
+        }
         Event::WitnessProgress { requests, failures } if !quiet => {
             format!("{t} witness: {requests} requests, {failures} failed")
         }

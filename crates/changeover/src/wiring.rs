@@ -2,17 +2,19 @@
 
 use changeover_adapters::health::{command::CommandProbe, http::HttpProbe, tcp::TcpProbe};
 use changeover_adapters::lb::embedded::{EmbeddedLb, EmbeddedOptions};
-use changeover_adapters::lb::{haproxy, none::NoBalancer};
+use changeover_adapters::lb::haproxy::{self, HaproxyLb};
+use changeover_adapters::lb::{none::NoBalancer, per_host::PerHostLb};
 use changeover_adapters::remote::{local::LocalRemote, ssh};
 use changeover_core::engine::{Deployment, Preflight};
 use changeover_core::event::{Event, EventSink};
 use changeover_core::health::HealthProbe;
 use changeover_core::journal::FileJournal;
 use changeover_core::lb::LoadBalancer;
-use changeover_core::plan::{HealthCheck, LbKind, LbMethod, LbSpec, Plan};
+use changeover_core::plan::{HaproxySocket, HealthCheck, LbKind, LbMethod, LbScope, LbSpec, Plan};
 use changeover_core::remote::Remote;
-use changeover_core::unit::Unit;
-use std::collections::BTreeSet;
+use changeover_core::template::Vars;
+use changeover_core::unit::{Host, Unit};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 pub async fn deployment(
@@ -37,7 +39,7 @@ pub async fn deployment(
     };
     let mut balancers = Vec::new();
     for spec in &plan.load_balancers {
-        balancers.push(balancer(spec, &units).await?);
+        balancers.push(balancer(spec, &units, &remote, &local).await?);
     }
     let health = plan.health.as_ref().map(|h| -> Arc<dyn HealthProbe> {
         match &h.check {
@@ -83,9 +85,18 @@ pub async fn deployment(
 
 /// Build one balancer. HAProxy and "none" touch no network here; the
 /// embedded balancer binds its listener and starts checking its backends.
-pub async fn balancer(spec: &LbSpec, units: &[Arc<Unit>]) -> Result<Arc<dyn LoadBalancer>, String> {
+/// `remote` reaches the hosts (for `scope = "host"`), `local` this machine
+/// (a global `socket_command`).
+pub async fn balancer(
+    spec: &LbSpec,
+    units: &[Arc<Unit>],
+    remote: &Arc<dyn Remote>,
+    local: &Arc<dyn Remote>,
+) -> Result<Arc<dyn LoadBalancer>, String> {
     Ok(match &spec.kind {
-        LbKind::Haproxy { .. } | LbKind::None => offline_balancer(spec).expect("not embedded"),
+        LbKind::Haproxy { .. } | LbKind::None => {
+            offline_balancer(spec, units, remote, local).expect("not embedded")
+        }
         LbKind::Embedded {
             listen,
             member,
@@ -109,25 +120,81 @@ pub async fn balancer(spec: &LbSpec, units: &[Arc<Unit>]) -> Result<Arc<dyn Load
 
 /// A balancer that can be built without touching anything (for `plan`);
 /// `None` for the embedded one, which would have to bind its port.
-pub fn offline_balancer(spec: &LbSpec) -> Option<Arc<dyn LoadBalancer>> {
-    match &spec.kind {
-        LbKind::Haproxy {
-            socket,
-            backend,
-            server,
-            method,
-        } => Some(Arc::new(haproxy::HaproxyLb::new(
-            socket.clone(),
+pub fn offline_balancer(
+    spec: &LbSpec,
+    units: &[Arc<Unit>],
+    remote: &Arc<dyn Remote>,
+    local: &Arc<dyn Remote>,
+) -> Option<Arc<dyn LoadBalancer>> {
+    let LbKind::Haproxy {
+        socket,
+        backend,
+        server,
+        method,
+    } = &spec.kind
+    else {
+        return match spec.kind {
+            LbKind::None => Some(Arc::new(NoBalancer)),
+            _ => None,
+        };
+    };
+    let method = match method {
+        LbMethod::State => haproxy::Method::State,
+        LbMethod::Weight => haproxy::Method::Weight,
+    };
+    let one = |host: &Arc<Host>, unit: Option<&Unit>, via: &Arc<dyn Remote>| -> HaproxyLb {
+        match socket {
+            HaproxySocket::Path(path) => HaproxyLb::forwarded(
+                Arc::clone(via),
+                Arc::clone(host),
+                path.clone(),
+                backend.clone(),
+                server.clone(),
+                method,
+            ),
+            HaproxySocket::Command(t) => {
+                let vars = unit.map_or_else(Vars::default, |u| Vars::for_unit(u, "", "", ""));
+                HaproxyLb::command(
+                    Arc::clone(via),
+                    Arc::clone(host),
+                    t.render_shell(&vars),
+                    backend.clone(),
+                    server.clone(),
+                    method,
+                )
+            }
+        }
+    };
+    Some(match (spec.scope, socket) {
+        (LbScope::Global, HaproxySocket::Path(path)) => Arc::new(HaproxyLb::new(
+            path.clone(),
             backend.clone(),
             server.clone(),
-            match method {
-                LbMethod::State => haproxy::Method::State,
-                LbMethod::Weight => haproxy::Method::Weight,
-            },
-        ))),
-        LbKind::None => Some(Arc::new(NoBalancer)),
-        LbKind::Embedded { .. } => None,
-    }
+            method,
+        )),
+        (LbScope::Global, HaproxySocket::Command(_)) => {
+            let here = Arc::new(Host {
+                name: "local".into(),
+                address: "127.0.0.1".into(),
+                tags: Vec::new(),
+                ssh_user: None,
+                ssh_port: None,
+            });
+            Arc::new(one(&here, None, local))
+        }
+        (LbScope::Host, _) => {
+            let mut by_host: BTreeMap<String, Arc<dyn LoadBalancer>> = BTreeMap::new();
+            for u in units {
+                if !by_host.contains_key(&u.host.name) {
+                    by_host.insert(u.host.name.clone(), Arc::new(one(&u.host, Some(u), remote)));
+                }
+            }
+            Arc::new(PerHostLb::new(
+                format!("haproxy {socket} on each host"),
+                by_host,
+            ))
+        }
+    })
 }
 
 fn deploy_id() -> String {

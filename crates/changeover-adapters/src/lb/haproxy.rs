@@ -27,13 +27,15 @@ use async_trait::async_trait;
 use changeover_core::lb::{
     AdminState, LbAction, LbCapabilities, LbError, LoadBalancer, MemberStatus, OperState,
 };
+use changeover_core::remote::Remote;
 use changeover_core::template::{Template, Vars};
-use changeover_core::unit::Unit;
+use changeover_core::unit::{Host, Unit};
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -80,10 +82,45 @@ impl FromStr for Method {
 }
 
 /// Where the Runtime API listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 enum Endpoint {
     Unix(PathBuf),
     Tcp(String),
+    /// A unix socket on a host, through SSH unix-socket forwarding over the
+    /// host's connection (nothing needed on the host but sshd).
+    Forwarded {
+        remote: Arc<dyn Remote>,
+        host: Arc<Host>,
+        path: String,
+    },
+    /// A command whose stdin/stdout is the Runtime API (`socat stdio …`,
+    /// `docker exec -i haproxy socat …`), run for each exchange: on the host
+    /// over SSH, or here for a global balancer.
+    Command {
+        remote: Arc<dyn Remote>,
+        host: Arc<Host>,
+        command: String,
+    },
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "Unix({p:?})"),
+            Endpoint::Tcp(a) => write!(f, "Tcp({a:?})"),
+            Endpoint::Forwarded { host, path, .. } => write!(f, "Forwarded({}:{path})", host.name),
+            Endpoint::Command { host, command, .. } => {
+                write!(f, "Command({}: {command})", host.name)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+impl PartialEq for Endpoint {
+    fn eq(&self, other: &Endpoint) -> bool {
+        format!("{self:?}") == format!("{other:?}")
+    }
 }
 
 impl Endpoint {
@@ -133,9 +170,64 @@ impl HaproxyLb {
     /// `endpoint` is a unix socket path or a TCP `host:port`; `backend` and
     /// `server` are rendered per unit, without quoting, into the member name.
     pub fn new(endpoint: String, backend: Template, server: Template, method: Method) -> HaproxyLb {
+        let parsed = Endpoint::parse(&endpoint);
+        HaproxyLb::with_endpoint(endpoint, parsed, backend, server, method)
+    }
+
+    /// An HAProxy on `host`, its Runtime API at the unix socket `path` there,
+    /// reached through `remote`'s connection to the host.
+    pub fn forwarded(
+        remote: Arc<dyn Remote>,
+        host: Arc<Host>,
+        path: String,
+        backend: Template,
+        server: Template,
+        method: Method,
+    ) -> HaproxyLb {
+        let text = format!("{}:{path}", host.name);
+        HaproxyLb::with_endpoint(
+            text,
+            Endpoint::Forwarded { remote, host, path },
+            backend,
+            server,
+            method,
+        )
+    }
+
+    /// An HAProxy whose Runtime API is the stdin/stdout of `command`, run
+    /// for `host` by `remote` (already rendered and quoted).
+    pub fn command(
+        remote: Arc<dyn Remote>,
+        host: Arc<Host>,
+        command: String,
+        backend: Template,
+        server: Template,
+        method: Method,
+    ) -> HaproxyLb {
+        let text = format!("{}:`{command}`", host.name);
+        HaproxyLb::with_endpoint(
+            text,
+            Endpoint::Command {
+                remote,
+                host,
+                command,
+            },
+            backend,
+            server,
+            method,
+        )
+    }
+
+    fn with_endpoint(
+        endpoint_text: String,
+        endpoint: Endpoint,
+        backend: Template,
+        server: Template,
+        method: Method,
+    ) -> HaproxyLb {
         HaproxyLb {
-            endpoint: Endpoint::parse(&endpoint),
-            endpoint_text: endpoint,
+            endpoint_text,
+            endpoint,
             backend,
             server,
             method,
@@ -240,11 +332,7 @@ impl HaproxyLb {
         let secs = humanize(self.timeout);
         match &self.endpoint {
             Endpoint::Unix(path) => {
-                let stream =
-                    tokio::time::timeout(self.timeout, tokio::net::UnixStream::connect(path))
-                        .await
-                        .map_err(|_| self.unreachable(format!("no connection after {secs}")))?
-                        .map_err(|e| self.unreachable(e.to_string()))?;
+                let stream = self.connect_unix(path).await?;
                 self.talk(stream, line).await
             }
             Endpoint::Tcp(addr) => {
@@ -255,7 +343,55 @@ impl HaproxyLb {
                         .map_err(|e| self.unreachable(e.to_string()))?;
                 self.talk(stream, line).await
             }
+            Endpoint::Forwarded { remote, host, path } => {
+                let forward = |renew| async move {
+                    remote
+                        .forward_unix_socket(host, path, renew)
+                        .await
+                        .map_err(|e| self.unreachable(e.to_string()))
+                };
+                let local = forward(false).await?;
+                // The forward dies with its SSH master; one fresh try.
+                let stream = match self.connect_unix(&local).await {
+                    Ok(stream) => stream,
+                    Err(_) => self.connect_unix(&forward(true).await?).await?,
+                };
+                self.talk(stream, line).await
+            }
+            Endpoint::Command {
+                remote,
+                host,
+                command,
+            } => {
+                let out = remote
+                    .run_with_input(host, command, format!("{line}\n").as_bytes(), self.timeout)
+                    .await
+                    .map_err(|e| self.unreachable(e.to_string()))?;
+                if !out.success() && out.stdout.trim().is_empty() {
+                    let why = out.stderr.lines().last().unwrap_or("").trim().to_string();
+                    return Err(self.unreachable(format!(
+                        "`{command}` exited with {}{}",
+                        out.status
+                            .map_or("a signal".to_string(), |c| format!("status {c}")),
+                        if why.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {why}")
+                        }
+                    )));
+                }
+                Ok(out.stdout)
+            }
         }
+    }
+
+    async fn connect_unix(&self, path: &Path) -> Result<tokio::net::UnixStream, LbError> {
+        tokio::time::timeout(self.timeout, tokio::net::UnixStream::connect(path))
+            .await
+            .map_err(|_| {
+                self.unreachable(format!("no connection after {}", humanize(self.timeout)))
+            })?
+            .map_err(|e| self.unreachable(e.to_string()))
     }
 
     async fn talk<S>(&self, mut stream: S, line: &str) -> Result<String, LbError>

@@ -1,3 +1,4 @@
 pub mod embedded;
 pub mod haproxy;
 pub mod none;
+pub mod per_host;

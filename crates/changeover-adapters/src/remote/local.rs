@@ -6,7 +6,7 @@ use changeover_core::remote::{CommandOutput, Remote, RemoteError};
 use changeover_core::unit::Host;
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 /// [`Remote`] that runs `sh -c <command>` locally, with `CHANGEOVER_HOST`
@@ -32,6 +32,28 @@ impl Remote for LocalRemote {
         command: &str,
         timeout: Duration,
     ) -> Result<CommandOutput, RemoteError> {
+        self.execute(host, command, None, timeout).await
+    }
+
+    async fn run_with_input(
+        &self,
+        host: &Host,
+        command: &str,
+        input: &[u8],
+        timeout: Duration,
+    ) -> Result<CommandOutput, RemoteError> {
+        self.execute(host, command, Some(input), timeout).await
+    }
+}
+
+impl LocalRemote {
+    async fn execute(
+        &self,
+        host: &Host,
+        command: &str,
+        input: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<CommandOutput, RemoteError> {
         let exec_error = |message: String| RemoteError::Exec {
             host: host.name.clone(),
             command: command.to_string(),
@@ -42,7 +64,11 @@ impl Remote for LocalRemote {
             .arg(command)
             .env("CHANGEOVER_HOST", &host.name)
             .env("CHANGEOVER_ADDRESS", &host.address)
-            .stdin(Stdio::null())
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // A process group of its own: the terminal's Ctrl-C must reach
@@ -53,13 +79,18 @@ impl Remote for LocalRemote {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| exec_error(format!("cannot start `sh`: {e}")))?;
+        let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         let mut running = ProcessGroup::new(child);
 
         let finished = async {
-            let (stdout, stderr, status) =
-                tokio::join!(read_all(stdout), read_all(stderr), running.child.wait());
+            let (_, stdout, stderr, status) = tokio::join!(
+                write_all(stdin, input.unwrap_or_default()),
+                read_all(stdout),
+                read_all(stderr),
+                running.child.wait()
+            );
             (stdout, stderr, status)
         };
         match tokio::time::timeout(timeout, finished).await {
@@ -79,6 +110,15 @@ impl Remote for LocalRemote {
                 })
             }
         }
+    }
+}
+
+/// Feed `input` and close the pipe (EOF). A command that exits without
+/// reading it all is not an error here; its exit status tells.
+async fn write_all(pipe: Option<impl AsyncWrite + Unpin>, input: &[u8]) {
+    if let Some(mut pipe) = pipe {
+        let _ = pipe.write_all(input).await;
+        let _ = pipe.shutdown().await;
     }
 }
 

@@ -18,7 +18,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
 /// Times a refused session is tried again (backing off from 50 ms, about
@@ -94,6 +94,9 @@ struct Master {
     /// a host wait for one connect instead of each opening their own.
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
     sessions: Semaphore,
+    /// Unix-socket forwards by remote path: the master they were opened on
+    /// and the local socket path.
+    forwards: tokio::sync::Mutex<HashMap<String, (Arc<Session>, PathBuf)>>,
 }
 
 /// Why a command did not produce an output.
@@ -144,6 +147,7 @@ impl SshRemote {
                 Arc::new(Master {
                     session: tokio::sync::Mutex::new(None),
                     sessions: Semaphore::new(self.options.max_sessions_per_host.max(1)),
+                    forwards: tokio::sync::Mutex::new(HashMap::new()),
                 })
             })
             .clone()
@@ -260,13 +264,14 @@ impl SshRemote {
     async fn run_once(
         session: &Session,
         remote_command: &str,
+        input: Option<&[u8]>,
         timeout: Duration,
     ) -> Option<Result<CommandOutput, ExecFailure>> {
         let attempts = async {
             let mut backoff = Duration::from_millis(50);
             let mut refusals = 0;
             loop {
-                match execute(session, remote_command).await {
+                match execute(session, remote_command, input).await {
                     // A session slot frees a moment after a command ends on
                     // the host; the command did not start, so try again.
                     Err(ExecFailure::Refused(_)) if refusals < SESSION_RETRIES => {
@@ -312,6 +317,98 @@ impl Remote for SshRemote {
         command: &str,
         timeout: Duration,
     ) -> Result<CommandOutput, RemoteError> {
+        self.run_inner(host, command, None, timeout).await
+    }
+
+    async fn run_with_input(
+        &self,
+        host: &Host,
+        command: &str,
+        input: &[u8],
+        timeout: Duration,
+    ) -> Result<CommandOutput, RemoteError> {
+        self.run_inner(host, command, Some(input), timeout).await
+    }
+
+    async fn forward_unix_socket(
+        &self,
+        host: &Host,
+        path: &str,
+        renew: bool,
+    ) -> Result<PathBuf, RemoteError> {
+        let destination = self.destination(host);
+        let master = self.master(&destination);
+        let mut session = self.session(host, &destination, &master).await?;
+        if renew && session.check().await.is_err() {
+            session = self
+                .reconnect(host, &destination, &master, &session)
+                .await?;
+        }
+        let key = (destination, path.to_string());
+        let mut forwards = master.forwards.lock().await;
+        // A forward lives in its master: a new master needs a new one.
+        if let Some((owner, local)) = forwards.get(&key.1) {
+            if Arc::ptr_eq(owner, &session) && !renew {
+                return Ok(local.clone());
+            }
+        }
+        let fail = |message: String| RemoteError::Connect {
+            host: host.name.clone(),
+            message,
+        };
+        let dir = self.ensure_control_dir().map_err(fail)?;
+        let local = dir.join(format!("fwd-{}.sock", random_suffix()));
+        session
+            .request_port_forward(
+                openssh::ForwardType::Local,
+                local.clone(),
+                PathBuf::from(path),
+            )
+            .await
+            .map_err(|e| {
+                fail(format!(
+                    "cannot forward the unix socket {path} over SSH: {} \
+                     (is AllowStreamLocalForwarding off in the host's sshd_config?)",
+                    error_chain(&e)
+                ))
+            })?;
+        forwards.insert(key.1, (session, local.clone()));
+        Ok(local)
+    }
+
+    async fn close(&self) {
+        let masters: Vec<Arc<Master>> = lock(&self.masters).drain().map(|(_, m)| m).collect();
+        join_all(masters.into_iter().map(|master| async move {
+            // Forwards hold the session too; they end with their master.
+            master.forwards.lock().await.clear();
+            let Some(session) = master.session.lock().await.take() else {
+                return;
+            };
+            match Arc::try_unwrap(session) {
+                Ok(session) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), session.close()).await;
+                }
+                // A command is still running on it: ask the master to exit
+                // once its sessions end, before its socket disappears with
+                // the control dir and nothing could reach it any more.
+                Err(shared) => stop_master(shared.control_socket()).await,
+            }
+        }))
+        .await;
+        if let Some(dir) = lock(&self.control_dir).take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+impl SshRemote {
+    async fn run_inner(
+        &self,
+        host: &Host,
+        command: &str,
+        input: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<CommandOutput, RemoteError> {
         let exec_error = |message: String| RemoteError::Exec {
             host: host.name.clone(),
             command: command.to_string(),
@@ -336,14 +433,14 @@ impl Remote for SshRemote {
             .expect("the session semaphore is never closed");
         let session = self.session(host, &destination, &master).await?;
 
-        let result = match Self::run_once(&session, &remote_command, timeout).await {
+        let result = match Self::run_once(&session, &remote_command, input, timeout).await {
             None => return Err(timed_out()),
             Some(Err(ExecFailure::MasterGone(_))) => {
                 // Nothing ran, so trying again cannot run the command twice.
                 let session = self
                     .reconnect(host, &destination, &master, &session)
                     .await?;
-                match Self::run_once(&session, &remote_command, timeout).await {
+                match Self::run_once(&session, &remote_command, input, timeout).await {
                     None => return Err(timed_out()),
                     Some(result) => result.map_err(|failure| (failure, session)),
                 }
@@ -375,28 +472,6 @@ impl Remote for SshRemote {
         self.discard(&master, &session).await;
         Err(exec_error(message))
     }
-
-    async fn close(&self) {
-        let masters: Vec<Arc<Master>> = lock(&self.masters).drain().map(|(_, m)| m).collect();
-        join_all(masters.into_iter().map(|master| async move {
-            let Some(session) = master.session.lock().await.take() else {
-                return;
-            };
-            match Arc::try_unwrap(session) {
-                Ok(session) => {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), session.close()).await;
-                }
-                // A command is still running on it: ask the master to exit
-                // once its sessions end, before its socket disappears with
-                // the control dir and nothing could reach it any more.
-                Err(shared) => stop_master(shared.control_socket()).await,
-            }
-        }))
-        .await;
-        if let Some(dir) = lock(&self.control_dir).take() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
 }
 
 impl Drop for SshRemote {
@@ -411,10 +486,18 @@ impl Drop for SshRemote {
 }
 
 /// Run one command on an open master and collect what it left.
-async fn execute(session: &Session, remote_command: &str) -> Result<CommandOutput, ExecFailure> {
+async fn execute(
+    session: &Session,
+    remote_command: &str,
+    input: Option<&[u8]>,
+) -> Result<CommandOutput, ExecFailure> {
     let mut child = session
         .raw_command(remote_command)
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -431,8 +514,18 @@ async fn execute(session: &Session, remote_command: &str) -> Result<CommandOutpu
             other => ExecFailure::Other(other),
         })?;
 
+    let stdin = child.stdin().take();
     let stdout = child.stdout().take();
     let stderr = child.stderr().take();
+    let write_stdin = async move {
+        if let Some(mut pipe) = stdin {
+            // Closing stdin is the end of the input (EOF on the host).
+            // A command that exits before reading everything is fine here.
+            let _ = pipe.write_all(input.unwrap_or_default()).await;
+            let _ = pipe.shutdown().await;
+        }
+        Ok::<_, io::Error>(())
+    };
     let read_stdout = async move {
         let mut buf = Vec::new();
         if let Some(mut pipe) = stdout {
@@ -449,7 +542,7 @@ async fn execute(session: &Session, remote_command: &str) -> Result<CommandOutpu
     };
     // Drain both pipes before waiting: the exit status arrives only after
     // the output, and a full pipe would block the remote process.
-    let (stdout, stderr) = tokio::try_join!(read_stdout, read_stderr)
+    let (_, stdout, stderr) = tokio::try_join!(write_stdin, read_stdout, read_stderr)
         .map_err(|e| ExecFailure::Other(openssh::Error::ChildIo(e)))?;
 
     let status = match child.wait().await {

@@ -63,6 +63,8 @@ pub struct RawLb {
     pub kind: String,
     pub scope: Option<String>,
     pub socket: Option<String>,
+    /// haproxy: a command whose stdin/stdout is the Runtime API.
+    pub socket_command: Option<String>,
     pub backend: Option<String>,
     pub server: Option<String>,
     pub method: Option<String>,
@@ -111,6 +113,9 @@ pub struct RawStrategy {
     pub window: Option<Value>,
     pub max_failures: Option<Value>,
     pub pause: Option<String>,
+    pub groups: Option<Value>,
+    pub wait_for_all_healthy: Option<bool>,
+    pub gate_timeout: Option<String>,
 }
 
 // lock, lb_takeout and can_unify are accepted now (so a config written for

@@ -303,10 +303,11 @@ impl<'a> Validator<'a> {
         let hosts = self.hosts(raw.hosts);
         let instances = self.instances(raw.instances);
         let load_balancers = self.load_balancers(raw.load_balancers);
-        let drain = self.drain(raw.drain, &load_balancers);
+        let drain = self.drain(raw.drain, &load_balancers, &instances);
         let deploy = self.deploy(raw.deploy);
+        let has_health = raw.health.is_some();
         let health = raw.health.and_then(|h| self.health(h));
-        let strategy = self.strategy(raw.strategy);
+        let strategy = self.strategy(raw.strategy, has_health);
         let targets = self.targets(raw.targets, &hosts);
         let witness = raw.witness.and_then(|w| self.witness(w));
         self.ports_needed(&load_balancers, &instances, &health, &deploy);
@@ -544,15 +545,16 @@ impl<'a> Validator<'a> {
                 &["global", "host"],
                 "global",
             ) {
-                "host" => {
+                "host" if lb.kind != "haproxy" => {
                     self.err(
                         path!["load_balancers", i, "scope"],
-                        "scope = \"host\" is not available in this version of changeover",
-                        "not available yet",
-                        "use scope = \"global\" (one balancer endpoint for the fleet)",
+                        format!("scope = \"host\" is not available for kind `{}`", lb.kind),
+                        "haproxy only",
+                        "a balancer on every host is an HAProxy beside the app: kind = \"haproxy\" with its socket or socket_command on the host",
                     );
-                    LbScope::Host
+                    continue;
                 }
+                "host" => LbScope::Host,
                 _ => LbScope::Global,
             };
             let kind = match lb.kind.as_str() {
@@ -562,10 +564,39 @@ impl<'a> Validator<'a> {
                     None => continue,
                 },
                 _ => {
-                    let socket = lb.socket.clone().unwrap_or_else(|| {
-                        self.err(path!["load_balancers", i], "haproxy balancer without `socket`", "this balancer", "set socket = \"/run/haproxy/admin.sock\" (a unix socket path) or \"127.0.0.1:9999\" (the runtime API's TCP address)");
-                        String::new()
-                    });
+                    let socket = match (&lb.socket, &lb.socket_command) {
+                        (Some(_), Some(_)) => {
+                            self.err(
+                                path!["load_balancers", i, "socket_command"],
+                                "both socket and socket_command are set",
+                                "one of them",
+                                "use socket (a unix socket path or host:port) or socket_command (a command whose stdin/stdout is the runtime API), not both",
+                            );
+                            continue;
+                        }
+                        (Some(path), None) => {
+                            if scope == LbScope::Host && !path.starts_with('/') {
+                                self.err(
+                                    path!["load_balancers", i, "socket"],
+                                    format!("`{path}` is not an absolute socket path"),
+                                    "not a path on the host",
+                                    "with scope = \"host\" the socket is reached over SSH: give the unix socket's absolute path on the host, or use socket_command",
+                                );
+                                continue;
+                            }
+                            HaproxySocket::Path(path.clone())
+                        }
+                        (None, Some(command)) => match self
+                            .template(path!["load_balancers", i, "socket_command"], command)
+                        {
+                            Some(t) => HaproxySocket::Command(t),
+                            None => continue,
+                        },
+                        (None, None) => {
+                            self.err(path!["load_balancers", i], "haproxy balancer without `socket`", "this balancer", "set socket = \"/run/haproxy/admin.sock\" (a unix socket path) or \"127.0.0.1:9999\" (the runtime API's TCP address), or socket_command = \"socat stdio /run/haproxy/admin.sock\"");
+                            continue;
+                        }
+                    };
                     let backend = match &lb.backend {
                         Some(b) => self.template(path!["load_balancers", i, "backend"], b),
                         None => {
@@ -706,7 +737,12 @@ impl<'a> Validator<'a> {
         })
     }
 
-    fn drain(&mut self, raw: Option<RawDrain>, lbs: &[LbSpec]) -> Option<DrainSpec> {
+    fn drain(
+        &mut self,
+        raw: Option<RawDrain>,
+        lbs: &[LbSpec],
+        instances: &Instances,
+    ) -> Option<DrainSpec> {
         let raw = raw.unwrap_or(RawDrain {
             mode: None,
             timeout: None,
@@ -735,13 +771,15 @@ impl<'a> Validator<'a> {
                 DrainMode::Lb
             }
             "host" => {
-                self.err(
-                    path!["drain", "mode"],
-                    "drain mode \"host\" is not available in this version of changeover",
-                    "not available yet",
-                    "use \"lb\", \"fixed\" or \"command\"",
-                );
-                DrainMode::Fixed
+                if instances.first_port.is_none() {
+                    self.err(
+                        path!["drain", "mode"],
+                        "drain mode \"host\" counts connections to the unit's port, but no port is defined",
+                        "needs [instances] first_port",
+                        "add [instances] with first_port = <the port the app listens on> (instance k listens on first_port + k - 1)",
+                    );
+                }
+                DrainMode::Host
             }
             "command" => match &raw.command {
                 Some(c) => DrainMode::Command(self.template(path!["drain", "command"], c)?),
@@ -934,13 +972,54 @@ impl<'a> Validator<'a> {
         })
     }
 
-    fn strategy(&mut self, raw: Option<RawStrategy>) -> Option<StrategySpec> {
+    fn strategy(&mut self, raw: Option<RawStrategy>, has_health: bool) -> Option<StrategySpec> {
         let raw = raw.unwrap_or(RawStrategy {
             batch: None,
             window: None,
             max_failures: None,
             pause: None,
+            groups: None,
+            wait_for_all_healthy: None,
+            gate_timeout: None,
         });
+        let wait_for_all_healthy = raw.wait_for_all_healthy.unwrap_or(false);
+        if wait_for_all_healthy && !has_health {
+            self.err(
+                path!["strategy", "wait_for_all_healthy"],
+                "wait_for_all_healthy needs a health check, and there is no [health]",
+                "nothing to wait for",
+                "add [health] (http, tcp or command): the gate runs it on every unit of the fleet before a new unit starts",
+            );
+        }
+        let gate_timeout = self.duration(
+            path!["strategy", "gate_timeout"],
+            raw.gate_timeout.as_ref(),
+            Duration::from_secs(600),
+            false,
+        );
+        if let Some(g) = &raw.groups {
+            if raw.batch.is_some() || raw.window.is_some() {
+                let other = if raw.batch.is_some() {
+                    "batch"
+                } else {
+                    "window"
+                };
+                self.err(
+                    path!["strategy", "groups"],
+                    format!("both groups and {other} are set"),
+                    "one of them",
+                    "groups rolls hosts group after group, instance by instance (a wave is instance k of every host in the group); use it instead of batch or window",
+                );
+                return None;
+            }
+            let amount = self.amount(path!["strategy", "groups"], g, false)?;
+            return self.strategy_rest(
+                &raw,
+                Rollout::Groups(amount),
+                wait_for_all_healthy,
+                gate_timeout,
+            );
+        }
         let rollout = match (&raw.batch, &raw.window) {
             (Some(_), Some(_)) => {
                 self.err(
@@ -978,6 +1057,16 @@ impl<'a> Validator<'a> {
             }
             (None, None) => Rollout::Batch(vec![Amount::Count(1)]),
         };
+        self.strategy_rest(&raw, rollout, wait_for_all_healthy, gate_timeout)
+    }
+
+    fn strategy_rest(
+        &mut self,
+        raw: &RawStrategy,
+        rollout: Rollout,
+        wait_for_all_healthy: bool,
+        gate_timeout: Duration,
+    ) -> Option<StrategySpec> {
         let max_failures = match &raw.max_failures {
             Some(v) => self.amount(path!["strategy", "max_failures"], v, true)?,
             None => Amount::Count(0),
@@ -991,6 +1080,8 @@ impl<'a> Validator<'a> {
                 Duration::ZERO,
                 true,
             ),
+            wait_for_all_healthy,
+            gate_timeout,
         })
     }
 

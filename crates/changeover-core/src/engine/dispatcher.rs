@@ -2,10 +2,11 @@
 //! out-of-service bound has room, waits for them, halts on too many failures
 //! or on a stop, and writes the summary.
 
+use super::gate;
 use super::preflight::Preflight;
 use super::walk::{Finished, Msg, Walk};
 use super::Deployment;
-use crate::event::{Event, Outcome, Phase, UnitResult, UnitResultJson, UnitSummary};
+use crate::event::{Event, GateUnit, Outcome, Phase, UnitResult, UnitResultJson, UnitSummary};
 use crate::journal::Record;
 use crate::planner;
 use std::collections::VecDeque;
@@ -13,7 +14,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The end of a deploy.
@@ -43,8 +45,8 @@ pub async fn run(
 ) -> Report {
     let total = dep.units.len();
     let rollout = &dep.plan.strategy.rollout;
-    let waves = planner::waves(total, rollout);
-    let bound = planner::out_of_service_bound(total, rollout);
+    let waves = planner::waves(&dep.units, rollout);
+    let bound = planner::out_of_service_bound(&dep.units, rollout);
     let max_failures = dep.plan.strategy.max_failures.of_allow_zero(total);
 
     dep.emit(Event::DeployStarted {
@@ -81,6 +83,8 @@ pub async fn run(
         bound,
         done: pf.skipped.len(),
         out_names: std::collections::BTreeSet::new(),
+        gate: (dep.plan.strategy.wait_for_all_healthy && dep.health.is_some())
+            .then(|| GateState::new(gate::watched(&dep))),
     };
     for (&i, reason) in &pf.skipped {
         d.states[i] = State::Done(UnitResult::Skipped {
@@ -105,7 +109,8 @@ pub async fn run(
             }
         }
         let mut queue: VecDeque<usize> = wave
-            .clone()
+            .iter()
+            .copied()
             .filter(|i| matches!(d.states[*i], State::Untouched))
             .collect();
         if queue.is_empty() {
@@ -119,8 +124,10 @@ pub async fn run(
             if dep.external_halt.is_triggered() && !d.halt.is_cancelled() {
                 d.halt_with(dep.external_halt.reason());
             }
-            // Start what the bound allows. Forced units that were already out
-            // do not take a place.
+            // Start what the bound (and the health gate) allows. Forced
+            // units that were already out do not take a place.
+            let mut started = false;
+            let mut gate_wanted = false;
             while let Some(&next) = queue.front() {
                 if d.halt.is_cancelled() {
                     break;
@@ -129,10 +136,27 @@ pub async fn run(
                 if counts && d.out >= bound {
                     break;
                 }
+                if d.gate.as_ref().is_some_and(|g| !g.open) {
+                    gate_wanted = true;
+                    break;
+                }
                 queue.pop_front();
                 d.start(next, counts, pf, &tx, &mut tasks);
+                started = true;
             }
-            if tasks.is_empty() {
+            // One passing check admits what starts at that moment; the next
+            // start needs a fresh one.
+            if let Some(g) = d.gate.as_mut() {
+                if started {
+                    g.open = false;
+                }
+            }
+            if gate_wanted {
+                d.ensure_gate_check();
+            }
+            let gate_pending =
+                !d.halt.is_cancelled() && d.gate.as_ref().is_some_and(|g| g.check.is_some());
+            if tasks.is_empty() && !gate_pending {
                 if queue.is_empty() || d.halt.is_cancelled() {
                     break;
                 }
@@ -153,6 +177,7 @@ pub async fn run(
                 _ = stop.cancelled(), if !d.interrupted => d.interrupt(false),
                 reason = dep.external_halt.triggered(), if !d.halt.is_cancelled() => d.halt_with(reason),
                 Some(msg) = rx.recv() => d.on_msg(msg),
+                unhealthy = gate_result(&mut d.gate), if gate_pending => d.on_gate(unhealthy),
                 Some(joined) = tasks.join_next() => {
                     match joined {
                         Ok(finished) => d.finish(finished, max_failures),
@@ -164,11 +189,53 @@ pub async fn run(
             }
         }
     }
+    if let Some(check) = d.gate.as_mut().and_then(|g| g.check.take()) {
+        check.abort();
+    }
     // Drain phase messages that arrived after the last join.
     while let Ok(msg) = rx.try_recv() {
         d.on_msg(msg);
     }
     d.summary()
+}
+
+/// The health gate's state, owned by the dispatcher.
+struct GateState {
+    /// The units it watches (the whole fleet but forced hosts).
+    fleet: Arc<Vec<Arc<crate::unit::Unit>>>,
+    /// The last check passed and nothing has started since.
+    open: bool,
+    /// The check in flight.
+    check: Option<JoinHandle<Vec<GateUnit>>>,
+    /// Since when the gate has been failing, and what failed last.
+    closed_since: Option<Instant>,
+    unhealthy: Vec<GateUnit>,
+}
+
+impl GateState {
+    fn new(fleet: Arc<Vec<Arc<crate::unit::Unit>>>) -> GateState {
+        GateState {
+            fleet,
+            open: false,
+            check: None,
+            closed_since: None,
+            unhealthy: Vec::new(),
+        }
+    }
+}
+
+/// The result of the gate check in flight (pending forever if there is none;
+/// the select arm is disabled then anyway).
+async fn gate_result(gate: &mut Option<GateState>) -> Vec<GateUnit> {
+    let Some(check) = gate.as_mut().and_then(|g| g.check.as_mut()) else {
+        return std::future::pending().await;
+    };
+    let result = check.await;
+    if let Some(g) = gate.as_mut() {
+        g.check = None;
+    }
+    // A check task only ends by finishing (it is aborted only at the end).
+    result.unwrap_or_default()
 }
 
 struct Dispatch {
@@ -190,6 +257,8 @@ struct Dispatch {
     done: usize,
     /// Indices of units out of service right now (in flight, or failed and left out).
     out_names: std::collections::BTreeSet<usize>,
+    /// `wait_for_all_healthy`.
+    gate: Option<GateState>,
 }
 
 impl Dispatch {
@@ -217,6 +286,83 @@ impl Dispatch {
             seq: Arc::clone(&self.seq),
         };
         tasks.spawn(walk.run());
+    }
+
+    /// Start a gate check unless one is running: at once the first time,
+    /// after one health interval while the gate is failing.
+    fn ensure_gate_check(&mut self) {
+        let exclude = self
+            .out_names
+            .iter()
+            .map(|&i| gate::key(&self.dep.units[i]))
+            .collect();
+        let interval = self
+            .dep
+            .plan
+            .health
+            .as_ref()
+            .map_or(Duration::from_millis(500), |h| h.interval);
+        let Some(g) = self.gate.as_mut() else { return };
+        if g.check.is_some() {
+            return;
+        }
+        let delay = if g.closed_since.is_some() {
+            interval
+        } else {
+            Duration::ZERO
+        };
+        g.check = Some(tokio::spawn(gate::check(
+            Arc::clone(&self.dep),
+            Arc::clone(&g.fleet),
+            exclude,
+            delay,
+        )));
+    }
+
+    fn on_gate(&mut self, unhealthy: Vec<GateUnit>) {
+        let gate_timeout = self.dep.plan.strategy.gate_timeout;
+        let Some(g) = self.gate.as_mut() else { return };
+        if unhealthy.is_empty() {
+            g.open = true;
+            if let Some(since) = g.closed_since.take() {
+                g.unhealthy.clear();
+                self.dep.emit(Event::GateOpened {
+                    closed_ms: since.elapsed().as_millis() as u64,
+                });
+                self.progress();
+            }
+            return;
+        }
+        let since = *g.closed_since.get_or_insert_with(Instant::now);
+        let closed = since.elapsed();
+        let names = |v: &[GateUnit]| v.iter().map(|u| u.unit.clone()).collect::<Vec<_>>();
+        let changed = names(&g.unhealthy) != names(&unhealthy);
+        g.unhealthy = unhealthy;
+        if changed {
+            self.dep.emit(Event::GateClosed {
+                unhealthy: g.unhealthy.clone(),
+                closed_ms: closed.as_millis() as u64,
+                gate_timeout_ms: gate_timeout.as_millis() as u64,
+            });
+            self.progress();
+        }
+        if closed >= gate_timeout {
+            let g = self.gate.as_ref().expect("checked above");
+            let list = g
+                .unhealthy
+                .iter()
+                .take(10)
+                .map(|u| format!("{} ({})", u.unit, u.error))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let more = g.unhealthy.len().saturating_sub(10);
+            self.halt_with(format!(
+                "the health gate stayed closed for {:?} (strategy.gate_timeout = {gate_timeout:?}): not healthy: {list}{}; \
+                 fix them, or name their hosts with --force to deploy past them",
+                Duration::from_millis(closed.as_millis() as u64),
+                if more > 0 { format!(" and {more} more") } else { String::new() }
+            ));
+        }
     }
 
     fn on_msg(&mut self, msg: Msg) {
@@ -303,6 +449,11 @@ impl Dispatch {
             in_flight: self.in_flight,
             max_in_flight: self.bound,
             out_of_service,
+            gated_on: self
+                .gate
+                .as_ref()
+                .map(|g| g.unhealthy.iter().map(|u| u.unit.clone()).collect())
+                .unwrap_or_default(),
         });
     }
 

@@ -4,6 +4,7 @@
 //! No shared mutable counters: only the dispatcher counts.
 
 mod dispatcher;
+mod gate;
 mod preflight;
 mod walk;
 

@@ -225,6 +225,34 @@ impl Walk {
                     last_sessions = Some(total);
                     total == 0
                 }
+                DrainMode::Host => {
+                    let port = self.unit.port.expect("validation requires first_port");
+                    let left = deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_secs(1));
+                    let out = self
+                        .dep
+                        .remote
+                        .run(&self.unit.host, crate::netstat::PROC_NET_TCP, left)
+                        .await
+                        .map_err(|e| Failure {
+                            phase: Phase::Drain,
+                            error: format!("counting connections on the host: {e}"),
+                            output: None,
+                        })?;
+                    let n = crate::netstat::count_established(
+                        &out.stdout,
+                        port,
+                        &self.unit.host.address,
+                    )
+                    .map_err(|e| Failure {
+                        phase: Phase::Drain,
+                        error: format!("counting connections to port {port} on the host: {e}"),
+                        output: None,
+                    })?;
+                    last_sessions = Some(n);
+                    n == 0
+                }
                 DrainMode::Command(t) => {
                     let left = deadline
                         .saturating_duration_since(Instant::now())
@@ -257,7 +285,12 @@ impl Walk {
                     phase: Phase::Drain,
                     error: match last_sessions {
                         Some(n) => format!(
-                            "still {n} open session(s) after {:?} (drain.on_timeout = \"fail\")",
+                            "still {n} open {} after {:?} (drain.on_timeout = \"fail\")",
+                            if matches!(spec.mode, DrainMode::Host) {
+                                "connection(s) on the host"
+                            } else {
+                                "session(s)"
+                            },
                             spec.timeout
                         ),
                         None => format!(

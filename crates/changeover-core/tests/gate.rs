@@ -1,0 +1,385 @@
+//! Groups, the fleet-wide health gate and drain mode "host", against the
+//! in-memory seams in virtual time.
+
+use changeover_core::config;
+use changeover_core::engine::{self, Deployment, Report};
+use changeover_core::event::{Event, EventSink, Outcome};
+use changeover_core::journal::MemoryJournal;
+use changeover_core::lb::AdminState;
+use changeover_core::sim::{SimBalancer, SimProbe, SimRemote};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+fn plan(hosts: usize, instances: u32, extra: &str) -> Arc<changeover_core::plan::Plan> {
+    let mut s = format!(
+        "app = \"t\"\n[instances]\ncount = {instances}\nfirst_port = 8081\n\
+         [[load_balancers]]\nkind = \"haproxy\"\nsocket = \"x\"\nbackend = \"app\"\nserver = \"{{host}}_{{instance}}\"\n\
+         [deploy]\nrun = \"switch {{version}}\"\n[health]\ntcp = \"{{address}}:{{port}}\"\ninterval = \"1s\"\ndeadline = \"5s\"\n\
+         {extra}\n"
+    );
+    for i in 1..=hosts {
+        s.push_str(&format!(
+            "[[hosts]]\nname = \"web-{i}\"\naddress = \"10.0.0.{i}\"\n"
+        ));
+    }
+    Arc::new(
+        config::parse("t.toml", &s, std::path::Path::new("."))
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .plan,
+    )
+}
+
+/// Every event with the virtual time it came at.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<(Duration, Event)>>);
+
+impl EventSink for Recorder {
+    fn emit(&self, elapsed: Duration, event: Event) {
+        self.0.lock().unwrap().push((elapsed, event));
+    }
+}
+
+impl Recorder {
+    fn events(&self) -> Vec<(Duration, Event)> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// When each unit was taken out.
+    fn take_outs(&self) -> Vec<(Duration, String)> {
+        self.events()
+            .into_iter()
+            .filter_map(|(t, e)| match e {
+                Event::UnitPhase { unit, phase, .. }
+                    if phase == changeover_core::event::Phase::TakeOut =>
+                {
+                    Some((t, unit))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+struct Fixture {
+    lb: Arc<SimBalancer>,
+    events: Arc<Recorder>,
+    dep: Arc<Deployment>,
+}
+
+fn fixture(
+    plan: Arc<changeover_core::plan::Plan>,
+    remote: SimRemote,
+    probe: SimProbe,
+    forced: &[&str],
+) -> Fixture {
+    let lb = Arc::new(SimBalancer::default());
+    let events = Arc::new(Recorder::default());
+    let remote = Arc::new(remote);
+    let dep = Arc::new(Deployment {
+        units: plan.units(),
+        plan,
+        balancers: vec![lb.clone()],
+        remote: remote.clone(),
+        local: remote,
+        health: Some(Arc::new(probe)),
+        journal: Arc::new(MemoryJournal::default()),
+        events: events.clone(),
+        deploy_id: "t".into(),
+        version: "2".into(),
+        previous_version: "1".into(),
+        target: None,
+        forced: forced.iter().map(|s| s.to_string()).collect(),
+        started: tokio::time::Instant::now(),
+        external_halt: Default::default(),
+    });
+    Fixture { lb, events, dep }
+}
+
+async fn deploy(f: &Fixture) -> Report {
+    let pf = engine::preflight(&f.dep).await;
+    assert!(pf.go(), "preflight: {:?}", pf.problems);
+    engine::run(
+        f.dep.clone(),
+        &pf,
+        CancellationToken::new(),
+        CancellationToken::new(),
+    )
+    .await
+}
+
+fn slow() -> SimRemote {
+    SimRemote {
+        delay: Duration::from_secs(3),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn groups_roll_instance_by_instance_never_two_of_a_host() {
+    let f = fixture(
+        plan(6, 3, "[strategy]\ngroups = \"35%\""),
+        slow(),
+        SimProbe::default(),
+        &[],
+    );
+    let r = deploy(&f).await;
+    assert_eq!(r.outcome, Outcome::Success);
+    assert!(r.units.iter().all(|u| u.state == "updated"));
+    assert_eq!(f.lb.max_out(), 2, "a group of 2 hosts, one instance each");
+    // Waves in order: group 1 instance 1, 2, 3, then group 2 ...
+    let waves: Vec<Vec<String>> = f
+        .events
+        .events()
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::WaveStarted { units, .. } => Some(units),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(waves.len(), 9);
+    assert_eq!(waves[0], ["web-1#1", "web-2#1"]);
+    assert_eq!(waves[1], ["web-1#2", "web-2#2"]);
+    assert_eq!(waves[3], ["web-3#1", "web-4#1"]);
+    assert_eq!(waves[8], ["web-5#3", "web-6#3"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn gate_holds_new_starts_until_the_fleet_is_healthy() {
+    // web-5#1 fails its next 6 probes: the gate check before the first start
+    // sees it, and nothing starts until it recovers.
+    let probe = SimProbe::default().fail_next("web-5#1", 6);
+    let f = fixture(
+        plan(
+            6,
+            1,
+            "[strategy]\nwindow = 2\nwait_for_all_healthy = true\ngate_timeout = \"60s\"",
+        ),
+        slow(),
+        probe,
+        &[],
+    );
+    let r = deploy(&f).await;
+    assert_eq!(r.outcome, Outcome::Success, "{:?}", r.halt_reason);
+    assert!(r.units.iter().all(|u| u.state == "updated"));
+    let events = f.events.events();
+    let closed = events
+        .iter()
+        .find_map(|(t, e)| match e {
+            Event::GateClosed { unhealthy, .. } => Some((*t, unhealthy.clone())),
+            _ => None,
+        })
+        .expect("the gate closed");
+    assert_eq!(closed.1.len(), 1);
+    assert_eq!(closed.1[0].unit, "web-5#1");
+    let opened = events
+        .iter()
+        .find_map(|(t, e)| match e {
+            Event::GateOpened { .. } => Some(*t),
+            _ => None,
+        })
+        .expect("the gate opened again");
+    assert!(
+        opened >= Duration::from_secs(5),
+        "open after 6 failed probes 1 s apart: {opened:?}"
+    );
+    let first = f.events.take_outs()[0].0;
+    assert!(
+        first >= opened,
+        "nothing started while the gate was closed: {first:?} < {opened:?}"
+    );
+    // The progress line names what the gate waits for.
+    assert!(events.iter().any(|(_, e)| matches!(e,
+        Event::Progress { gated_on, .. } if gated_on == &["web-5#1".to_string()])));
+    assert_eq!(f.lb.max_out(), 2);
+}
+
+/// A probe whose sick units the test changes while the deploy runs.
+#[derive(Default, Clone)]
+struct ToggleProbe(Arc<Mutex<std::collections::HashSet<String>>>);
+
+#[async_trait::async_trait]
+impl changeover_core::health::HealthProbe for ToggleProbe {
+    async fn probe(&self, unit: &changeover_core::unit::Unit) -> Result<(), String> {
+        if self.0.lock().unwrap().contains(&unit.name()) {
+            Err("status 503".into())
+        } else {
+            Ok(())
+        }
+    }
+    fn describe(&self, unit: &changeover_core::unit::Unit) -> String {
+        format!("toggle://{unit}")
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn gate_checks_again_before_every_start() {
+    // web-4 falls ill while web-1 is being deployed: the next start waits
+    // for it although the window has room, and goes on once it recovers.
+    let sick = ToggleProbe::default();
+    let mut f = fixture(
+        plan(
+            4,
+            1,
+            "[strategy]\nwindow = 1\nwait_for_all_healthy = true\ngate_timeout = \"60s\"",
+        ),
+        slow(),
+        SimProbe::default(),
+        &[],
+    );
+    Arc::get_mut(&mut f.dep).unwrap().health = Some(Arc::new(sick.clone()));
+    let dep = f.dep.clone();
+    let run = tokio::spawn(async move {
+        let pf = engine::preflight(&dep).await;
+        engine::run(dep, &pf, CancellationToken::new(), CancellationToken::new()).await
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sick.0.lock().unwrap().insert("web-4#1".into());
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    sick.0.lock().unwrap().clear();
+    let r = run.await.unwrap();
+    assert_eq!(r.outcome, Outcome::Success, "{:?}", r.halt_reason);
+    let starts = f.events.take_outs();
+    assert_eq!(starts[0].1, "web-1#1");
+    assert!(starts[0].0 < Duration::from_secs(1));
+    assert_eq!(starts[1].1, "web-2#1");
+    assert!(
+        starts[1].0 >= Duration::from_secs(10),
+        "web-2 waited for web-4 to recover: {starts:?}"
+    );
+    assert!(f.events.events().iter().any(|(_, e)| matches!(e,
+        Event::GateClosed { unhealthy, .. } if unhealthy.iter().any(|u| u.unit == "web-4#1"))));
+    assert_eq!(f.lb.max_out(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn gate_timeout_halts_with_everything_in_rotation() {
+    let probe = SimProbe {
+        unhealthy_units: ["web-3#1".to_string()].into(),
+        ..Default::default()
+    };
+    let f = fixture(
+        plan(
+            6,
+            1,
+            "[strategy]\nwindow = 2\nwait_for_all_healthy = true\ngate_timeout = \"10s\"",
+        ),
+        slow(),
+        probe,
+        &[],
+    );
+    let t0 = tokio::time::Instant::now();
+    let r = deploy(&f).await;
+    assert_eq!(r.outcome, Outcome::Failed);
+    let reason = r.halt_reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("gate") && reason.contains("web-3#1"),
+        "{reason}"
+    );
+    assert!(t0.elapsed() >= Duration::from_secs(10) && t0.elapsed() < Duration::from_secs(15));
+    assert!(r.units.iter().all(|u| u.in_rotation), "{:?}", r.units);
+    for i in 1..=6 {
+        assert_eq!(f.lb.admin(&format!("web-{i}_1")), AdminState::Ready);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn forced_hosts_are_left_out_of_the_gate() {
+    // web-3 is known broken (v1 unhealthy); forced, the gate ignores it and
+    // it is redeployed like the others (and recovers with the new version).
+    let probe = SimProbe::default().fail_next("web-3#1", 2);
+    let f = fixture(
+        plan(
+            6,
+            1,
+            "[strategy]\nwindow = 2\nwait_for_all_healthy = true\ngate_timeout = \"10s\"",
+        ),
+        slow(),
+        probe,
+        &["web-3"],
+    );
+    let r = deploy(&f).await;
+    assert_eq!(r.outcome, Outcome::Success, "{:?}", r.halt_reason);
+    assert!(r.units.iter().all(|u| u.state == "updated"));
+    assert!(
+        !f.events
+            .events()
+            .iter()
+            .any(|(_, e)| matches!(e, Event::GateClosed { .. })),
+        "the gate never closed on a forced host"
+    );
+}
+
+const PROC_HEADER: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+
+/// `/proc/net/tcp` with `n` established connections to 10.0.0.1:8081.
+fn proc_tcp(n: usize) -> String {
+    let mut s = PROC_HEADER.to_string();
+    for i in 0..n {
+        s.push_str(&format!(
+            "   {i}: 0100000A:1F91 0200000A:{:04X} 01 00000000:00000000 00:00000000 00000000     0        0 1 1\n",
+            40000 + i
+        ));
+    }
+    s
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_host_waits_for_connections_to_close() {
+    let remote = SimRemote::default();
+    remote.output.lock().unwrap().push((
+        "/proc/net/tcp".into(),
+        [proc_tcp(2), proc_tcp(1), proc_tcp(1), proc_tcp(0)].into(),
+    ));
+    let f = fixture(
+        plan(
+            1,
+            1,
+            "[drain]\nmode = \"host\"\ntimeout = \"30s\"\ninterval = \"1s\"",
+        ),
+        remote,
+        SimProbe::default(),
+        &[],
+    );
+    let t0 = tokio::time::Instant::now();
+    let r = deploy(&f).await;
+    assert_eq!(r.outcome, Outcome::Success, "{:?}", r.units);
+    assert!(
+        t0.elapsed() >= Duration::from_secs(3),
+        "waited through 3 polls with connections open"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_host_timeout_fails_the_unit_and_puts_it_back() {
+    let remote = SimRemote::default();
+    remote
+        .output
+        .lock()
+        .unwrap()
+        .push(("/proc/net/tcp".into(), [proc_tcp(1)].into()));
+    let f = fixture(
+        plan(
+            2,
+            1,
+            "[drain]\nmode = \"host\"\ntimeout = \"5s\"\ninterval = \"1s\"",
+        ),
+        remote,
+        SimProbe::default(),
+        &[],
+    );
+    let r = deploy(&f).await;
+    assert_eq!(r.outcome, Outcome::Failed);
+    let u = &r.units[0];
+    assert_eq!(u.state, "failed");
+    assert!(u.in_rotation, "nothing was changed on it: put back");
+    assert!(
+        u.detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("1 open connection(s) on the host"),
+        "{:?}",
+        u.detail
+    );
+    assert_eq!(r.units[1].state, "untouched");
+}
