@@ -2,7 +2,6 @@
 //! on 127.0.1.x, with steady load through HAProxy.
 
 mod fleet;
-mod frontend;
 
 use changeover_testkit::load::{LoadGen, LoadOptions};
 use fleet::{changeover, Fleet, OutSampler};
