@@ -50,11 +50,11 @@ impl Recorder {
         self.events()
             .into_iter()
             .filter_map(|(t, e)| match e {
-                Event::UnitPhase { unit, phase, .. }
-                    if phase == changeover_core::event::Phase::TakeOut =>
-                {
-                    Some((t, unit))
-                }
+                Event::UnitPhase {
+                    unit,
+                    phase: changeover_core::event::Phase::TakeOut,
+                    ..
+                } => Some((t, unit)),
                 _ => None,
             })
             .collect()
