@@ -265,6 +265,13 @@ fn front_tier_mistakes_are_refused_with_a_hint() {
             "is not an absolute socket path",
         ),
         (
+            FRONT_TIER.replace(
+                "socket = \"/run/haproxy/admin.sock\"",
+                "socket_command = \"socat stdio /run/haproxy-{instance}.sock\"",
+            ),
+            "{instance} cannot be used in socket_command",
+        ),
+        (
             FRONT_TIER.replace("kind = \"haproxy\"", "kind = \"embedded\""),
             "scope = \"host\" is not available for kind `embedded`",
         ),

@@ -589,7 +589,28 @@ impl<'a> Validator<'a> {
                         (None, Some(command)) => match self
                             .template(path!["load_balancers", i, "socket_command"], command)
                         {
-                            Some(t) => HaproxySocket::Command(t),
+                            Some(t) => {
+                                // One command per host (or one for a global
+                                // balancer): unit placeholders have no value.
+                                let allowed: &[&str] = match scope {
+                                    LbScope::Host => &["host", "address"],
+                                    LbScope::Global => &[],
+                                };
+                                if let Some(p) = t.placeholders().find(|p| !allowed.contains(p)) {
+                                    self.err(
+                                        path!["load_balancers", i, "socket_command"],
+                                        format!("{{{p}}} cannot be used in socket_command"),
+                                        "no value here",
+                                        if scope == LbScope::Host {
+                                            "the command reaches the host's HAProxy, not a unit's: only {host} and {address} are known"
+                                        } else {
+                                            "a global balancer's command runs once for the fleet: it takes no placeholder"
+                                        },
+                                    );
+                                    continue;
+                                }
+                                HaproxySocket::Command(t)
+                            }
                             None => continue,
                         },
                         (None, None) => {

@@ -234,8 +234,13 @@ async fn gate_result(gate: &mut Option<GateState>) -> Vec<GateUnit> {
     if let Some(g) = gate.as_mut() {
         g.check = None;
     }
-    // A check task only ends by finishing (it is aborted only at the end).
-    result.unwrap_or_default()
+    // A check that did not finish proves nothing: the gate stays closed.
+    result.unwrap_or_else(|e| {
+        vec![GateUnit {
+            unit: "(gate)".into(),
+            error: format!("the health gate's check did not finish: {e}"),
+        }]
+    })
 }
 
 struct Dispatch {
