@@ -303,3 +303,21 @@ async fn unknown_member_is_an_error_and_changes_nothing() {
     );
     a.stop().await;
 }
+
+#[tokio::test]
+async fn backend_connections_are_reused() {
+    // 50 requests one after another: each finds the connection the last one
+    // gave back to the pool, so the backend sees one connection, not 50
+    // (a body ending on its Content-Length must still return its connection).
+    let a = app(0, "v1", Duration::ZERO).await;
+    let (lb, units) = balancer(&[&a]).await;
+    for _ in 0..50 {
+        assert_eq!(get(lb.local_addr()).await, "v1");
+    }
+    let open = lb.connections(&units[0]).unwrap();
+    assert!(
+        (1..=2).contains(&open),
+        "50 sequential requests opened {open} backend connections"
+    );
+    a.stop().await;
+}

@@ -572,7 +572,16 @@ impl Body for Guarded {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
+        // hyper stops polling once `is_end_stream` says so (a body with a
+        // Content-Length ends with its last data frame, never yielding
+        // `None`): check after every frame, or the connection would never go
+        // back to the pool and every request would pay a new connect.
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            _ => false,
+        };
+        if ended && !self.done {
             self.done = true;
             self.finish();
         }
