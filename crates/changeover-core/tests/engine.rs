@@ -1,12 +1,15 @@
 //! Engine semantics against the in-memory seams (virtual time): the bound,
 //! halting on failure, where failed units are left, forced hosts, stopping.
 
+mod common;
+
 use changeover_core::config;
-use changeover_core::engine::{self, Deployment, Report};
-use changeover_core::event::{NullSink, Outcome};
-use changeover_core::journal::{MemoryJournal, Record};
+use changeover_core::engine::{self, Report};
+use changeover_core::event::Outcome;
+use changeover_core::journal::Record;
 use changeover_core::lb::{AdminState, LbAction};
-use changeover_core::sim::{SimBalancer, SimProbe, SimRemote};
+use changeover_core::sim::{SimProbe, SimRemote};
+use common::{deploy, fixture};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -27,53 +30,6 @@ fn plan(hosts: usize, strategy: &str) -> Arc<changeover_core::plan::Plan> {
             .unwrap()
             .plan,
     )
-}
-
-struct Fixture {
-    lb: Arc<SimBalancer>,
-    journal: Arc<MemoryJournal>,
-    dep: Arc<Deployment>,
-}
-
-fn fixture(
-    plan: Arc<changeover_core::plan::Plan>,
-    remote: SimRemote,
-    probe: SimProbe,
-    forced: &[&str],
-) -> Fixture {
-    let lb = Arc::new(SimBalancer::default());
-    let journal = Arc::new(MemoryJournal::default());
-    let remote = Arc::new(remote);
-    let dep = Arc::new(Deployment {
-        units: plan.units(),
-        plan,
-        balancers: vec![lb.clone()],
-        remote: remote.clone(),
-        local: remote,
-        health: Some(Arc::new(probe)),
-        journal: journal.clone(),
-        events: Arc::new(NullSink),
-        deploy_id: "t".into(),
-        version: "2".into(),
-        previous_version: "1".into(),
-        target: None,
-        forced: forced.iter().map(|s| s.to_string()).collect(),
-        started: tokio::time::Instant::now(),
-        external_halt: Default::default(),
-    });
-    Fixture { lb, journal, dep }
-}
-
-async fn deploy(f: &Fixture) -> Report {
-    let pf = engine::preflight(&f.dep).await;
-    assert!(pf.go(), "preflight: {:?}", pf.problems);
-    engine::run(
-        f.dep.clone(),
-        &pf,
-        CancellationToken::new(),
-        CancellationToken::new(),
-    )
-    .await
 }
 
 fn state(r: &Report, unit: &str) -> String {

@@ -1,12 +1,14 @@
 //! Groups, the fleet-wide health gate and drain mode "host", against the
 //! in-memory seams in virtual time.
 
+mod common;
+
 use changeover_core::config;
-use changeover_core::engine::{self, Deployment, Report};
-use changeover_core::event::{Event, EventSink, Outcome};
-use changeover_core::journal::MemoryJournal;
+use changeover_core::engine;
+use changeover_core::event::{Event, Outcome};
 use changeover_core::lb::AdminState;
-use changeover_core::sim::{SimBalancer, SimProbe, SimRemote};
+use changeover_core::sim::{SimProbe, SimRemote};
+use common::{deploy, fixture};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -28,84 +30,6 @@ fn plan(hosts: usize, instances: u32, extra: &str) -> Arc<changeover_core::plan:
             .unwrap_or_else(|e| panic!("{e:?}"))
             .plan,
     )
-}
-
-/// Every event with the virtual time it came at.
-#[derive(Default)]
-struct Recorder(Mutex<Vec<(Duration, Event)>>);
-
-impl EventSink for Recorder {
-    fn emit(&self, elapsed: Duration, event: Event) {
-        self.0.lock().unwrap().push((elapsed, event));
-    }
-}
-
-impl Recorder {
-    fn events(&self) -> Vec<(Duration, Event)> {
-        self.0.lock().unwrap().clone()
-    }
-
-    /// When each unit was taken out.
-    fn take_outs(&self) -> Vec<(Duration, String)> {
-        self.events()
-            .into_iter()
-            .filter_map(|(t, e)| match e {
-                Event::UnitPhase {
-                    unit,
-                    phase: changeover_core::event::Phase::TakeOut,
-                    ..
-                } => Some((t, unit)),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
-struct Fixture {
-    lb: Arc<SimBalancer>,
-    events: Arc<Recorder>,
-    dep: Arc<Deployment>,
-}
-
-fn fixture(
-    plan: Arc<changeover_core::plan::Plan>,
-    remote: SimRemote,
-    probe: SimProbe,
-    forced: &[&str],
-) -> Fixture {
-    let lb = Arc::new(SimBalancer::default());
-    let events = Arc::new(Recorder::default());
-    let remote = Arc::new(remote);
-    let dep = Arc::new(Deployment {
-        units: plan.units(),
-        plan,
-        balancers: vec![lb.clone()],
-        remote: remote.clone(),
-        local: remote,
-        health: Some(Arc::new(probe)),
-        journal: Arc::new(MemoryJournal::default()),
-        events: events.clone(),
-        deploy_id: "t".into(),
-        version: "2".into(),
-        previous_version: "1".into(),
-        target: None,
-        forced: forced.iter().map(|s| s.to_string()).collect(),
-        started: tokio::time::Instant::now(),
-        external_halt: Default::default(),
-    });
-    Fixture { lb, events, dep }
-}
-
-async fn deploy(f: &Fixture) -> Report {
-    let pf = engine::preflight(&f.dep).await;
-    assert!(pf.go(), "preflight: {:?}", pf.problems);
-    engine::run(
-        f.dep.clone(),
-        &pf,
-        CancellationToken::new(),
-        CancellationToken::new(),
-    )
-    .await
 }
 
 fn slow() -> SimRemote {
