@@ -38,6 +38,7 @@ pub struct HaproxyBuilder {
     check: String,
     tcp_admin: bool,
     extra_backend: Vec<String>,
+    frontend: Option<SocketAddr>,
 }
 
 impl HaproxyBuilder {
@@ -78,6 +79,13 @@ impl HaproxyBuilder {
         self
     }
 
+    /// Where the HTTP frontend listens (default: a free port on 127.0.0.1),
+    /// e.g. a fake host's own address for an HAProxy "on" that host.
+    pub fn frontend_addr(mut self, addr: SocketAddr) -> Self {
+        self.frontend = Some(addr);
+        self
+    }
+
     /// A raw line added to the backend section (e.g. `balance leastconn`).
     pub fn backend_line(mut self, line: &str) -> Self {
         self.extra_backend.push(line.to_string());
@@ -94,7 +102,7 @@ impl HaproxyBuilder {
             .tempdir()
             .expect("create temp dir for haproxy");
         let socket_path = dir.path().join("admin.sock");
-        let frontend_addr = free_addr();
+        let frontend_addr = self.frontend.unwrap_or_else(free_addr);
         let tcp_admin_addr = self.tcp_admin.then(free_addr);
         let config = self.config(&socket_path, frontend_addr, tcp_admin_addr);
         let config_path = dir.path().join("haproxy.cfg");
@@ -210,6 +218,7 @@ impl Haproxy {
             check: DEFAULT_CHECK.to_string(),
             tcp_admin: false,
             extra_backend: Vec::new(),
+            frontend: None,
         }
     }
 
@@ -257,13 +266,24 @@ impl Haproxy {
     }
 
     fn try_command(&self, command: &str) -> std::io::Result<String> {
-        let mut stream = UnixStream::connect(&self.socket_path)?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-        stream.write_all(format!("{command}\n").as_bytes())?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer)?;
-        Ok(answer)
+        command_at(&self.socket_path, command)
+    }
+
+    /// Every server's `show servers state` row (all backends).
+    pub fn servers_state(&self) -> Vec<ServerState> {
+        servers_state_at(&self.socket_path)
+            .unwrap_or_else(|e| panic!("{e}\n--- haproxy log ---\n{}", self.log()))
+    }
+
+    /// The weight `server` of the fixture's backend is configured with
+    /// right now (`srv_uweight`: what `set weight` changes, not the
+    /// slow-start scaled effective weight).
+    pub fn user_weight(&self, server: &str) -> u32 {
+        self.servers_state()
+            .into_iter()
+            .find(|r| r.backend == self.backend && r.name == server)
+            .unwrap_or_else(|| panic!("haproxy has no server {}/{server}", self.backend))
+            .uweight
     }
 
     /// The server rows of `show stat`.
@@ -330,6 +350,109 @@ impl Drop for Haproxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Run one Runtime API command on the admin socket at `socket` and return the
+/// answer as is. For readers that hold no [`Haproxy`] (a sampler thread).
+pub fn command_at(socket: &Path, command: &str) -> std::io::Result<String> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(format!("{command}\n").as_bytes())?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+/// The server rows of `show stat` from the admin socket at `socket`.
+pub fn show_stat_at(socket: &Path) -> Result<Vec<StatRow>, String> {
+    let text = command_at(socket, "show stat -1 4 -1")
+        .map_err(|e| format!("{}: show stat: {e}", socket.display()))?;
+    parse_stat(&text).map_err(|e| format!("{}: {e}\n--- show stat ---\n{text}", socket.display()))
+}
+
+/// One row of `show servers state`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerState {
+    pub backend: String,
+    pub name: String,
+    /// `srv_addr`.
+    pub addr: String,
+    /// `srv_op_state`: 0 stopped, 1 starting, 2 running, 3 stopping.
+    pub op_state: u32,
+    /// `srv_admin_state` bits (0x01 forced maint, 0x08 forced drain, …).
+    pub admin_state: u32,
+    /// `srv_uweight`: the weight set by config or `set weight`.
+    pub uweight: u32,
+    /// `srv_iweight`: the weight from the config file.
+    pub iweight: u32,
+}
+
+/// The rows of `show servers state` from the admin socket at `socket`.
+pub fn servers_state_at(socket: &Path) -> Result<Vec<ServerState>, String> {
+    let text = command_at(socket, "show servers state")
+        .map_err(|e| format!("{}: show servers state: {e}", socket.display()))?;
+    parse_servers_state(&text).map_err(|e| {
+        format!(
+            "{}: {e}\n--- show servers state ---\n{text}",
+            socket.display()
+        )
+    })
+}
+
+/// Parse a `show servers state` answer (however it was obtained, e.g.
+/// through `socat` over SSH): a format version line, then a
+/// `# be_id be_name …` header and space-separated rows; columns by header
+/// name.
+pub fn parse_servers_state(text: &str) -> Result<Vec<ServerState>, String> {
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let version = lines.next().ok_or("empty `show servers state` answer")?;
+    if version.trim() != "1" {
+        return Err(format!("unknown `show servers state` format {version:?}"));
+    }
+    let header = lines
+        .next()
+        .and_then(|l| l.strip_prefix("# "))
+        .ok_or("`show servers state` has no `# be_id ...` header")?;
+    let names: Vec<&str> = header.split_whitespace().collect();
+    let col = |name: &str| {
+        names
+            .iter()
+            .position(|n| *n == name)
+            .ok_or(format!("show servers state has no `{name}` column"))
+    };
+    let (be, sv, addr, op, admin, uw, iw) = (
+        col("be_name")?,
+        col("srv_name")?,
+        col("srv_addr")?,
+        col("srv_op_state")?,
+        col("srv_admin_state")?,
+        col("srv_uweight")?,
+        col("srv_iweight")?,
+    );
+    lines
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let get = |i: usize| fields.get(i).copied().unwrap_or("");
+            let num = |i: usize| {
+                get(i).parse::<u32>().map_err(|_| {
+                    format!(
+                        "bad number {:?} in `show servers state` row {line:?}",
+                        get(i)
+                    )
+                })
+            };
+            Ok(ServerState {
+                backend: get(be).to_string(),
+                name: get(sv).to_string(),
+                addr: get(addr).to_string(),
+                op_state: num(op)?,
+                admin_state: num(admin)?,
+                uweight: num(uw)?,
+                iweight: num(iw)?,
+            })
+        })
+        .collect()
 }
 
 /// A loopback address nobody listens on right now. Another process may take

@@ -6,6 +6,12 @@
 //! host-key checking against a `known_hosts` file.
 //!
 //! Must run as root: the servers log in as root with the generated client key.
+//!
+//! Optionally ([`SshFleetBuilder::bind_per_host`]) every `sshd` runs in a
+//! mount namespace of its own where one shared path shows a per-host
+//! directory, so that every host sees, say, its own HAProxy admin socket at
+//! the same path, as separate machines do. Only the mount namespace is
+//! separate: processes, network and the rest of the file system are shared.
 
 use crate::tools;
 use std::fmt::Write as _;
@@ -37,6 +43,75 @@ pub struct FleetHost {
     pub dir: PathBuf,
 }
 
+/// Options for [`SshFleet`]; [`SshFleetBuilder::start`] runs it.
+#[derive(Debug, Clone)]
+pub struct SshFleetBuilder {
+    count: usize,
+    bind: Option<PerHostBind>,
+}
+
+/// `shared` shows `sources[i]` inside host i's mount namespace.
+#[derive(Debug, Clone)]
+struct PerHostBind {
+    shared: PathBuf,
+    sources: Vec<PathBuf>,
+}
+
+impl SshFleetBuilder {
+    /// Run every host's `sshd` in its own mount namespace in which
+    /// `source(i)` (host index `i`, 0-based as in [`SshFleet::hosts`]) is
+    /// bind-mounted onto `shared`. Everything started over SSH on host `i`
+    /// (commands, forwarded unix sockets) sees that host's directory at
+    /// `shared`; outside the fleet `shared` stays an empty directory.
+    ///
+    /// `shared` must be an absolute path inside the calling test's own temp
+    /// dir (tests run in parallel); it is created if missing. Every source
+    /// must be an existing directory. Needs `unshare` and `mount`
+    /// (util-linux, mount) and root.
+    pub fn bind_per_host(mut self, shared: &Path, source: impl Fn(usize) -> PathBuf) -> Self {
+        assert!(
+            shared.is_absolute(),
+            "the shared path must be absolute: {}",
+            shared.display()
+        );
+        let sources: Vec<PathBuf> = (0..self.count).map(source).collect();
+        for (i, dir) in sources.iter().enumerate() {
+            assert!(
+                dir.is_absolute() && dir.is_dir(),
+                "the bind source of host {i} must be an existing directory given by an absolute path: {}",
+                dir.display()
+            );
+        }
+        self.bind = Some(PerHostBind {
+            shared: shared.to_path_buf(),
+            sources,
+        });
+        self
+    }
+
+    /// Generate keys and configs in a temp dir and start the servers;
+    /// returns once every one of them accepts TCP connections. Panics with
+    /// the reason (and sshd's own log) when that fails.
+    pub fn start(self) -> SshFleet {
+        SshFleet::start_with(self)
+    }
+}
+
+/// How an `sshd` is launched: directly, or through `unshare` + `mount`.
+#[derive(Debug)]
+struct Launcher {
+    sshd: PathBuf,
+    namespace: Option<Namespace>,
+}
+
+/// A mount namespace per host, with `bind` mounted in it.
+#[derive(Debug)]
+struct Namespace {
+    unshare: PathBuf,
+    mount: PathBuf,
+    bind: PerHostBind,
+}
+
 /// One `sshd` per host on 127.0.1.1 ..= 127.0.1.count, killed on drop.
 #[derive(Debug)]
 pub struct SshFleet {
@@ -48,6 +123,7 @@ pub struct SshFleet {
     ssh_config: PathBuf,
     known_hosts: PathBuf,
     client_key: PathBuf,
+    bind: Option<PerHostBind>,
 }
 
 impl SshFleet {
@@ -55,11 +131,36 @@ impl SshFleet {
     /// returns once every one of them accepts TCP connections. Panics with
     /// the reason (and sshd's own log) when that fails.
     pub fn start(count: usize) -> SshFleet {
+        SshFleet::builder(count).start()
+    }
+
+    /// A fleet with options (see [`SshFleetBuilder::bind_per_host`]).
+    pub fn builder(count: usize) -> SshFleetBuilder {
         assert!(
             (1..=254).contains(&count),
             "an SshFleet has 1 to 254 hosts (127.0.1.1 ..= 127.0.1.254), not {count}"
         );
-        let sshd = tools::require("sshd", "openssh-server");
+        SshFleetBuilder { count, bind: None }
+    }
+
+    fn start_with(options: SshFleetBuilder) -> SshFleet {
+        let count = options.count;
+        let launcher = Launcher {
+            sshd: tools::require("sshd", "openssh-server"),
+            namespace: options.bind.as_ref().map(|bind| {
+                fs::create_dir_all(&bind.shared).unwrap_or_else(|e| {
+                    panic!(
+                        "cannot create the shared path {}: {e}",
+                        bind.shared.display()
+                    )
+                });
+                Namespace {
+                    unshare: tools::require("unshare", "util-linux"),
+                    mount: tools::require("mount", "mount"),
+                    bind: bind.clone(),
+                }
+            }),
+        };
         let keygen = tools::require("ssh-keygen", "openssh-client");
         // sshd refuses to start without its privilege-separation directory,
         // which only the distribution's service unit creates.
@@ -96,6 +197,7 @@ impl SshFleet {
             dir,
             hosts,
             servers: Vec::new(),
+            bind: options.bind,
         };
 
         let mut last_failure = String::new();
@@ -104,7 +206,7 @@ impl SshFleet {
             for host in &mut fleet.hosts {
                 host.port = port;
             }
-            match fleet.start_servers(&sshd, &host_keys) {
+            match fleet.start_servers(&launcher, &host_keys) {
                 Ok(()) => {
                     fleet.write_known_hosts();
                     fleet.write_ssh_config(&fleet.ssh_config, &fleet.known_hosts);
@@ -133,6 +235,28 @@ impl SshFleet {
     /// The `known_hosts` file with every host's real key.
     pub fn known_hosts_path(&self) -> &Path {
         &self.known_hosts
+    }
+
+    /// The path every host shows its own directory at, if the fleet was
+    /// built with [`SshFleetBuilder::bind_per_host`].
+    pub fn shared_path(&self) -> Option<&Path> {
+        self.bind.as_ref().map(|b| b.shared.as_path())
+    }
+
+    /// Run `command` with the system `ssh` on host `index` (0-based), as
+    /// the product would (the fleet's ssh config, strict host keys).
+    pub fn ssh(&self, index: usize, command: &str) -> std::process::Output {
+        let ssh = tools::require("ssh", "openssh-client");
+        Command::new(ssh)
+            .arg("-F")
+            .arg(&self.ssh_config)
+            // `--` before the host: nothing after it is read as an option.
+            .arg("--")
+            .arg(&self.hosts[index].address)
+            .arg(command)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run ssh: {e}"))
     }
 
     /// The private key the servers accept.
@@ -196,7 +320,7 @@ impl SshFleet {
         }
     }
 
-    fn start_servers(&mut self, sshd: &Path, host_keys: &[PathBuf]) -> Result<(), String> {
+    fn start_servers(&mut self, launcher: &Launcher, host_keys: &[PathBuf]) -> Result<(), String> {
         for (i, host) in self.hosts.iter().enumerate() {
             let config = self.dir.path().join(format!("sshd_config_{}", i + 1));
             let sshd_config = format!(
@@ -210,6 +334,7 @@ impl SshFleet {
                  KbdInteractiveAuthentication no\n\
                  PubkeyAuthentication yes\n\
                  PermitRootLogin prohibit-password\n\
+                 AllowStreamLocalForwarding yes\n\
                  LogLevel ERROR\n",
                 address = host.address,
                 port = host.port,
@@ -226,16 +351,39 @@ impl SshFleet {
             let log_path = self.log_path(i);
             let log = fs::File::create(&log_path)
                 .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
-            let child = Command::new(sshd)
-                .arg("-D")
-                .arg("-e")
-                .arg("-f")
-                .arg(&config)
+            let mut command = match &launcher.namespace {
+                Some(Namespace {
+                    unshare,
+                    mount,
+                    bind,
+                }) => {
+                    // unshare(1) without --fork execs its command, so the
+                    // child is (after sh's exec) sshd itself and kill() on
+                    // it stops the server. Paths travel as positional
+                    // arguments, never spliced into the script.
+                    let mut c = Command::new(unshare);
+                    c.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+                        .arg(r#""$1" --bind "$2" "$3" && exec "$4" -D -e -f "$5""#)
+                        .arg("sh")
+                        .arg(mount)
+                        .arg(&bind.sources[i])
+                        .arg(&bind.shared)
+                        .arg(&launcher.sshd)
+                        .arg(&config);
+                    c
+                }
+                None => {
+                    let mut c = Command::new(&launcher.sshd);
+                    c.arg("-D").arg("-e").arg("-f").arg(&config);
+                    c
+                }
+            };
+            let child = command
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
-                .map_err(|e| format!("cannot run {}: {e}", sshd.display()))?;
+                .map_err(|e| format!("cannot run {}: {e}", launcher.sshd.display()))?;
             self.servers.push(Some(child));
         }
         for i in 0..self.hosts.len() {

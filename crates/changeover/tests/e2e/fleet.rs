@@ -13,10 +13,11 @@ use tempfile::TempDir;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_changeover");
 
-/// Restart the app on a host: stop the old process gracefully (SIGTERM, it
-/// finishes in-flight requests), start the new version detached. A file
-/// `fail-deploy` in the host's directory makes the step fail, as a broken
-/// release would.
+/// Restart one app instance: stop the old process gracefully (SIGTERM, it
+/// finishes in-flight requests), start the new version detached. `dir` is
+/// the instance's state (pid file, log); a file `fail-deploy` there makes
+/// the step fail, as a broken release would, and `unhealthy-<version>`
+/// makes that version's `/health` answer 503.
 const APP_CTL: &str = r#"#!/bin/sh
 set -eu
 dir=$1 listen=$2 version=$3
@@ -24,11 +25,17 @@ if [ -e "$dir/fail-deploy" ]; then
   echo "switching to $version: artifact checksum mismatch" >&2
   exit 3
 fi
+# An exited app stays a zombie until init reaps it, which some container
+# inits do only every second or two; a zombie holds no port, so it counts
+# as gone.
+running() {
+  kill -0 "$1" 2>/dev/null && ! grep -q ') Z ' "/proc/$1/stat" 2>/dev/null
+}
 if [ -f "$dir/app.pid" ]; then
   pid=$(cat "$dir/app.pid")
   if kill -TERM "$pid" 2>/dev/null; then
     i=0
-    while kill -0 "$pid" 2>/dev/null; do
+    while running "$pid"; do
       i=$((i+1)); [ "$i" -gt 200 ] && kill -KILL "$pid" 2>/dev/null
       sleep 0.05
     done
@@ -41,6 +48,57 @@ setsid "$CHANGEOVER_BIN" demo-app --listen "$listen" --version "$version" \
 echo $! > "$dir/app.pid"
 echo "started $version on $listen"
 "#;
+
+/// `app-ctl.sh` installed in a test's temp dir: how the tests start app
+/// instances (directly) and how the deploy step restarts them (over SSH).
+pub struct AppCtl {
+    path: PathBuf,
+    boot_time: &'static str,
+}
+
+impl AppCtl {
+    /// Write the script into `dir`; instances take `boot_time` to listen.
+    pub fn install(dir: &Path, boot_time: &'static str) -> AppCtl {
+        let path = dir.join("app-ctl.sh");
+        std::fs::write(&path, APP_CTL).unwrap();
+        make_executable(&path);
+        AppCtl { path, boot_time }
+    }
+
+    /// Start `version` listening on `listen` (ip:port), with its state in
+    /// `app_dir`, from the test process (not over SSH).
+    pub fn start(&self, app_dir: &Path, listen: &str, version: &str) {
+        let out = Command::new(&self.path)
+            .args([app_dir.to_str().unwrap(), listen, version])
+            .env("CHANGEOVER_BIN", BIN)
+            .env("BOOT_TIME", self.boot_time)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "app-ctl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The `[deploy] run` value; `app_dir` and `listen` may hold the
+    /// product's placeholders (`{host}`, `{address}:{port}`, …).
+    pub fn run_step(&self, app_dir: &str, listen: &str) -> String {
+        format!(
+            "CHANGEOVER_BIN={BIN} BOOT_TIME={boot} {ctl} {app_dir} {listen} {{version}}",
+            boot = self.boot_time,
+            ctl = self.path.display(),
+        )
+    }
+
+    /// Kill the instance whose state is in `app_dir`, whichever version
+    /// runs there (cleanup: no grace).
+    pub fn kill(app_dir: &Path) {
+        if let Ok(pid) = std::fs::read_to_string(app_dir.join("app.pid")) {
+            let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+        }
+    }
+}
 
 pub struct FleetBuilder {
     hosts: usize,
@@ -69,9 +127,7 @@ impl FleetBuilder {
         for h in ssh.hosts().iter().take(self.members.unwrap_or(self.hosts)) {
             builder = builder.server(&h.name, &format!("{}:{port}", h.address));
         }
-        let ctl = dir.path().join("app-ctl.sh");
-        std::fs::write(&ctl, APP_CTL).unwrap();
-        make_executable(&ctl);
+        let ctl = AppCtl::install(dir.path(), self.boot_time);
         let fleet_hosts: Vec<(String, String)> = ssh
             .hosts()
             .iter()
@@ -89,7 +145,6 @@ impl FleetBuilder {
             apps,
             port,
             hosts: fleet_hosts,
-            boot_time: self.boot_time,
         };
         // Everyone on v1 and UP before the test starts.
         for i in 0..fleet.hosts.len() {
@@ -108,12 +163,11 @@ pub struct Fleet {
     pub haproxy: Haproxy,
     pub ssh: SshFleet,
     pub dir: TempDir,
-    ctl: PathBuf,
+    ctl: AppCtl,
     apps: PathBuf,
     pub port: u16,
     /// (name, address)
     pub hosts: Vec<(String, String)>,
-    boot_time: &'static str,
 }
 
 impl Fleet {
@@ -130,20 +184,10 @@ impl Fleet {
     }
 
     fn start_app(&self, i: usize, version: &str) {
-        let out = Command::new(&self.ctl)
-            .args([
-                self.app_dir(i).to_str().unwrap(),
-                &format!("{}:{}", self.hosts[i].1, self.port),
-                version,
-            ])
-            .env("CHANGEOVER_BIN", BIN)
-            .env("BOOT_TIME", self.boot_time)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "app-ctl: {}",
-            String::from_utf8_lossy(&out.stderr)
+        self.ctl.start(
+            &self.app_dir(i),
+            &format!("{}:{}", self.hosts[i].1, self.port),
+            version,
         );
     }
 
@@ -165,12 +209,12 @@ impl Fleet {
         );
         s.push_str(lb.unwrap_or(&default_lb));
         s.push_str(&format!(
-            "\n[deploy]\nrun = \"CHANGEOVER_BIN={bin} BOOT_TIME={boot} {ctl} {apps}/{{host}} {{address}}:{port} {{version}}\"\ntimeout = \"30s\"\n\n\
+            "\n[deploy]\nrun = \"{run}\"\ntimeout = \"30s\"\n\n\
              [health]\nhttp = \"http://{{address}}:{port}/health\"\ninterval = \"100ms\"\ntimeout = \"1s\"\nhealthy_threshold = 2\ndeadline = \"10s\"\n\n",
-            bin = BIN,
-            boot = self.boot_time,
-            ctl = self.ctl.display(),
-            apps = self.apps.display(),
+            run = self.ctl.run_step(
+                &format!("{}/{{host}}", self.apps.display()),
+                &format!("{{address}}:{}", self.port)
+            ),
             port = self.port,
         ));
         s.push_str(extra);
@@ -198,9 +242,7 @@ impl Fleet {
 impl Drop for Fleet {
     fn drop(&mut self) {
         for i in 0..self.hosts.len() {
-            if let Ok(pid) = std::fs::read_to_string(self.app_dir(i).join("app.pid")) {
-                let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
-            }
+            AppCtl::kill(&self.app_dir(i));
         }
     }
 }
@@ -279,7 +321,8 @@ fn servers_out(socket: &Path) -> usize {
         .count()
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+/// `GET path` with a connection of its own; the body, trimmed.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;

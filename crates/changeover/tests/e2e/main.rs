@@ -2,6 +2,7 @@
 //! on 127.0.1.x, with steady load through HAProxy.
 
 mod fleet;
+mod frontend;
 mod gate;
 
 use changeover_testkit::load::{LoadGen, LoadOptions};
