@@ -7,7 +7,7 @@
 
 use crate::fleet::{changeover, http_get, AppCtl};
 use crate::text;
-use changeover_testkit::frontfleet::{server_name, FrontTier, OutReport, BACKEND};
+use changeover_testkit::frontfleet::{server_name, FrontTier, OutReport, BACKEND, GLOBAL_BACKEND};
 use changeover_testkit::haproxy;
 use changeover_testkit::load::{LoadGen, LoadOptions, LoadReport};
 use changeover_testkit::tools;
@@ -34,6 +34,10 @@ enum Access {
     /// `socket_command = "socat stdio UNIX-CONNECT:<path>"`: a command run on
     /// the host whose stdin/stdout is the runtime API.
     Command,
+    /// `Socket`, with the global HAProxy configured too, listed first: it
+    /// takes the unit's whole host out before the host's HAProxy takes the
+    /// instance out.
+    SocketAndGlobal,
     /// Not at all (`kind = "none"`, no drain): the same restarts without
     /// take-out, for the twin test that must see failures.
     NoTakeOut,
@@ -110,6 +114,11 @@ impl FrontFleet {
         };
         let balancer = match access {
             Access::Socket => haproxy(format!("socket = \"{socket}\"")),
+            Access::SocketAndGlobal => format!(
+                "[[load_balancers]]\nkind = \"haproxy\"\nsocket = \"{}\"\nbackend = \"{GLOBAL_BACKEND}\"\nserver = \"{{host}}\"\n\n{}",
+                self.tier.global().socket_path().display(),
+                haproxy(format!("socket = \"{socket}\""))
+            ),
             Access::Command => haproxy(format!(
                 "socket_command = \"socat stdio UNIX-CONNECT:{socket}\""
             )),
@@ -261,6 +270,25 @@ async fn six_hosts_in_groups_of_35_percent(access: Access) {
         assert_eq!(status, "UP", "{unit} back in rotation\n{all}");
         assert_eq!(weight, 1, "{unit} back at its weight\n{all}");
     }
+    if matches!(access, Access::SocketAndGlobal) {
+        // The global HAProxy took each host out (journaled before every
+        // change) and has every host back in.
+        let journal =
+            std::fs::read_to_string(fleet.tier.dir().join("state/journal.ndjson")).unwrap();
+        for host in fleet.tier.hosts() {
+            let member = format!("\"member\":\"{GLOBAL_BACKEND}/{}\"", host.name);
+            assert!(
+                journal.contains(&member),
+                "{member} in the journal:\n{journal}"
+            );
+            let row =
+                fleet
+                    .tier
+                    .global()
+                    .wait_for_status(&host.name, "UP", Duration::from_secs(10));
+            assert_eq!(row.status, "UP");
+        }
+    }
     eprintln!(
         "{access:?}: {:.1?} in all; {}; {}; {}",
         started.elapsed(),
@@ -281,6 +309,11 @@ async fn front_tier_rollout_with_socket_command_drops_nothing() {
     // hint rather than with the product's report of a failed command.
     tools::require("socat", "socat");
     six_hosts_in_groups_of_35_percent(Access::Command).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn front_tier_with_the_global_balancer_too_drops_nothing() {
+    six_hosts_in_groups_of_35_percent(Access::SocketAndGlobal).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
