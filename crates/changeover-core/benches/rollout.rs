@@ -38,13 +38,24 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-fn config_text(n: usize) -> String {
-    let mut s = String::from(
-        "app = \"bench\"\n[[load_balancers]]\nkind = \"haproxy\"\nsocket = \"sim\"\nbackend = \"app\"\n\
-         [drain]\nmode = \"lb\"\n[deploy]\nrun = \"switch {version}\"\n\
-         [health]\ntcp = \"{address}:80\"\ninterval = \"100ms\"\n[strategy]\nbatch = [1, \"10%\"]\n",
+/// `hosts` hosts with `instances` units each, rolled with `strategy`.
+fn config_text(hosts: usize, instances: u32, strategy: &str) -> String {
+    let (units, server, port) = if instances > 1 {
+        (
+            format!("[instances]\ncount = {instances}\nfirst_port = 8081\n"),
+            "{host}_{instance}",
+            "{port}",
+        )
+    } else {
+        (String::new(), "{host}", "80")
+    };
+    let mut s = format!(
+        "app = \"bench\"\n{units}\
+         [[load_balancers]]\nkind = \"haproxy\"\nsocket = \"sim\"\nbackend = \"app\"\nserver = \"{server}\"\n\
+         [drain]\nmode = \"lb\"\n[deploy]\nrun = \"switch {{version}}\"\n\
+         [health]\ntcp = \"{{address}}:{port}\"\ninterval = \"100ms\"\n[strategy]\n{strategy}\n",
     );
-    for i in 0..n {
+    for i in 0..hosts {
         let _ = write!(
             s,
             "[[hosts]]\nname = \"h{i}\"\naddress = \"10.{}.{}.{}\"\n",
@@ -56,8 +67,9 @@ fn config_text(n: usize) -> String {
     s
 }
 
-fn bench(n: usize) {
-    let text = config_text(n);
+fn bench(hosts: usize, instances: u32, strategy: &str) {
+    let n = hosts * instances as usize;
+    let text = config_text(hosts, instances, strategy);
     PEAK.store(CURRENT.load(Ordering::Relaxed), Ordering::Relaxed);
     let base = CURRENT.load(Ordering::Relaxed);
     let t0 = std::time::Instant::now();
@@ -99,8 +111,9 @@ fn bench(n: usize) {
     let wall = t0.elapsed();
     let updated = report.units.iter().filter(|u| u.state == "updated").count();
     assert_eq!(updated, n, "every unit updated");
+    let label = strategy.replace('\n', "; ");
     println!(
-        "rollout {n:>6} units: wall {:>8.1} ms (config parse {:>6.1} ms), peak heap {:>6.1} MB, balancer changes {}, max out {}",
+        "{label:<48} {n:>6} units: wall {:>8.1} ms (config parse {:>6.1} ms), peak heap {:>6.1} MB, balancer changes {}, max out {}",
         wall.as_secs_f64() * 1e3,
         parsed.as_secs_f64() * 1e3,
         (PEAK.load(Ordering::Relaxed) - base) as f64 / 1e6,
@@ -111,8 +124,13 @@ fn bench(n: usize) {
 
 fn main() {
     for n in [1_000, 10_000] {
-        bench(n);
+        bench(n, 1, "batch = [1, \"10%\"]");
     }
+    // 2,500 hosts × 4 instances, groups of 10 % of the hosts.
+    bench(2_500, 4, "groups = \"10%\"");
+    // The gate probes every unit of the fleet before each start: quadratic
+    // in the fleet by design, so shown at 1,000 units.
+    bench(1_000, 1, "window = \"10%\"\nwait_for_all_healthy = true");
     if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
         if let Some(line) = status.lines().find(|l| l.starts_with("VmHWM")) {
             println!("process peak RSS ({})", line.trim());

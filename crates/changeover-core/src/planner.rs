@@ -3,6 +3,7 @@
 
 use crate::plan::{Amount, Rollout};
 use crate::unit::Unit;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -46,35 +47,20 @@ pub fn batch_ranges(total: usize, ramp: &[Amount]) -> Vec<Range<usize>> {
 }
 
 fn group_waves(units: &[Arc<Unit>], amount: Amount) -> Vec<Vec<usize>> {
-    // Hosts in the order their first unit appears (the stable order).
-    let mut hosts: Vec<&str> = Vec::new();
+    // Each host's group, from the order its first unit appears (the stable
+    // order); one pass, so 10,000 hosts cost no more than a sort.
+    let mut group_of: HashMap<&str, usize> = HashMap::new();
     for u in units {
-        if !hosts.contains(&u.host.name.as_str()) {
-            hosts.push(&u.host.name);
-        }
+        let next = group_of.len();
+        group_of.entry(u.host.name.as_str()).or_insert(next);
     }
-    let size = amount.of(hosts.len()).min(hosts.len()).max(1);
-    let mut out = Vec::new();
-    for group in hosts.chunks(size) {
-        let mut instances: Vec<u32> = units
-            .iter()
-            .filter(|u| group.contains(&u.host.name.as_str()))
-            .map(|u| u.instance)
-            .collect();
-        instances.sort_unstable();
-        instances.dedup();
-        for k in instances {
-            out.push(
-                units
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, u)| u.instance == k && group.contains(&u.host.name.as_str()))
-                    .map(|(i, _)| i)
-                    .collect(),
-            );
-        }
+    let size = amount.of(group_of.len()).min(group_of.len()).max(1);
+    let mut waves: BTreeMap<(usize, u32), Vec<usize>> = BTreeMap::new();
+    for (i, u) in units.iter().enumerate() {
+        let group = group_of[u.host.name.as_str()] / size;
+        waves.entry((group, u.instance)).or_default().push(i);
     }
-    out
+    waves.into_values().collect()
 }
 
 /// How many units may be out of service at once: the largest wave for
