@@ -356,7 +356,25 @@ impl HaproxyLb {
                     Ok(stream) => stream,
                     Err(_) => self.connect_unix(&forward(true).await?).await?,
                 };
-                self.talk(stream, line).await
+                // ssh accepts the local end at once and only then tries the
+                // host's socket: a missing socket shows up as a reset or an
+                // empty answer, which deserves a plainer message.
+                let hint = || {
+                    self.unreachable(format!(
+                        "the host's sshd could not connect to {path} (does the socket exist on {}, \
+                         and is HAProxy running with `stats socket {path} level admin`?)",
+                        host.name
+                    ))
+                };
+                match self.talk(stream, line).await {
+                    Ok(answer) if answer.is_empty() => Err(hint()),
+                    Err(LbError::Unreachable { message, .. })
+                        if message.contains("reset") || message.contains("Broken pipe") =>
+                    {
+                        Err(hint())
+                    }
+                    other => other,
+                }
             }
             Endpoint::Command {
                 remote,

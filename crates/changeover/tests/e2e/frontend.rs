@@ -446,3 +446,24 @@ impl Drop for WeightWatch {
         }
     }
 }
+
+#[test]
+fn a_missing_socket_on_a_host_is_a_clear_no_go() {
+    let fleet = FrontFleet::start(2, None);
+    let config = fleet.config(Access::Socket, "");
+    let text_config = std::fs::read_to_string(&config).unwrap();
+    let socket = fleet.tier.shared_socket().display().to_string();
+    std::fs::write(
+        &config,
+        text_config.replace(&socket, "/run/nowhere/admin.sock"),
+    )
+    .unwrap();
+    let out = changeover(&config, &["check"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{all}");
+    assert!(
+        all.contains("web-1") && all.contains("could not connect to /run/nowhere/admin.sock"),
+        "names the host and the socket: {all}"
+    );
+    assert_eq!(fleet.versions(), vec!["v1"; 6], "nothing changed");
+}
