@@ -60,7 +60,8 @@ pub enum Command {
         #[arg(long)]
         message: Option<String>,
         /// Hosts that may be down or unreachable: skipped if unreachable,
-        /// deployed without counting against the bound if already out.
+        /// deployed without counting against the bound if already out, and
+        /// left out of the `wait_for_all_healthy` gate.
         #[arg(long, value_delimiter = ',', value_name = "HOST,...")]
         force: Vec<String>,
     },
