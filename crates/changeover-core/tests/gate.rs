@@ -203,7 +203,7 @@ async fn gate_timeout_halts_with_everything_in_rotation() {
     assert!(t0.elapsed() >= Duration::from_secs(10) && t0.elapsed() < Duration::from_secs(15));
     assert!(r.units.iter().all(|u| u.in_rotation), "{:?}", r.units);
     for i in 1..=6 {
-        assert_eq!(f.lb.admin(&format!("web-{i}_1")), AdminState::Ready);
+        assert_eq!(f.lb.admin(&format!("web-{i}#1")), AdminState::Ready);
     }
 }
 
@@ -306,4 +306,80 @@ async fn drain_host_timeout_fails_the_unit_and_puts_it_back() {
         u.detail
     );
     assert_eq!(r.units[1].state, "untouched");
+}
+
+#[tokio::test(start_paused = true)]
+async fn groups_never_take_a_second_unit_of_a_host_whose_unit_failed() {
+    // web-1's steps fail; max_failures lets the rollout go on, but web-1's
+    // other instances must not go out while web-1#1 is left out.
+    let remote = SimRemote {
+        failing_hosts: ["web-1".to_string()].into(),
+        delay: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let f = fixture(
+        plan(6, 3, "[strategy]\ngroups = \"35%\"\nmax_failures = 2"),
+        remote,
+        SimProbe::default(),
+        &[],
+    );
+    let r = deploy(&f).await;
+    assert_eq!(r.outcome, Outcome::Failed);
+    let state = |u: &str| r.units.iter().find(|s| s.unit == u).unwrap().state.clone();
+    assert_eq!(state("web-1#1"), "failed");
+    assert_eq!(state("web-1#2"), "skipped");
+    assert_eq!(state("web-1#3"), "skipped");
+    for u in ["web-2#1", "web-2#3", "web-6#3"] {
+        assert_eq!(state(u), "updated", "{u}");
+    }
+    assert_eq!(f.lb.admin("web-1#1"), AdminState::Maint);
+    assert_eq!(f.lb.admin("web-1#2"), AdminState::Ready);
+    assert_eq!(f.lb.admin("web-1#3"), AdminState::Ready);
+    assert!(f.lb.max_out() <= 2);
+}
+
+/// Every probe takes 4 s and fails.
+struct SlowSick;
+
+#[async_trait::async_trait]
+impl changeover_core::health::HealthProbe for SlowSick {
+    async fn probe(&self, _: &changeover_core::unit::Unit) -> Result<(), String> {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        Err("status 503".into())
+    }
+    fn describe(&self, unit: &changeover_core::unit::Unit) -> String {
+        format!("slow://{unit}")
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn gate_timeout_is_on_time_even_with_slow_checks() {
+    // Checks of 4 s each (the probe timeout is 2 s, so each fails by
+    // timing out): the halt comes at gate_timeout, not at the end of the
+    // check running then.
+    let mut f = fixture(
+        plan(
+            3,
+            1,
+            "[strategy]\nwindow = 1\nwait_for_all_healthy = true\ngate_timeout = \"9s\"",
+        ),
+        SimRemote::default(),
+        SimProbe::default(),
+        &[],
+    );
+    Arc::get_mut(&mut f.dep).unwrap().health = Some(Arc::new(SlowSick));
+    let t0 = tokio::time::Instant::now();
+    let r = deploy(&f).await;
+    let took = t0.elapsed();
+    assert_eq!(r.outcome, Outcome::Failed);
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_millis(9_500),
+        "halted at {took:?}"
+    );
+    let reason = r.halt_reason.unwrap_or_default();
+    assert!(reason.contains("gate_timeout"), "{reason}");
+    assert!(r
+        .units
+        .iter()
+        .all(|u| u.state == "untouched" && u.in_rotation));
 }

@@ -48,6 +48,7 @@ pub async fn run(
     let waves = planner::waves(&dep.units, rollout);
     let bound = planner::out_of_service_bound(&dep.units, rollout);
     let max_failures = dep.plan.strategy.max_failures.of_allow_zero(total);
+    let one_per_host = matches!(rollout, crate::plan::Rollout::Groups(_));
 
     dep.emit(Event::DeployStarted {
         deploy_id: dep.deploy_id.clone(),
@@ -132,6 +133,18 @@ pub async fn run(
                 if d.halt.is_cancelled() {
                     break;
                 }
+                if one_per_host {
+                    if let Some(out) = d.out_on_host(next) {
+                        // Groups never take two units of a host out: this
+                        // host's earlier unit failed and is left out.
+                        queue.pop_front();
+                        d.skip(
+                            next,
+                            format!("{out} on the same host failed and is left out of rotation; with groups a host never has two units out"),
+                        );
+                        continue;
+                    }
+                }
                 let counts = !d.already_out.contains(&next);
                 if counts && d.out >= bound {
                     break;
@@ -156,6 +169,11 @@ pub async fn run(
             }
             let gate_pending =
                 !d.halt.is_cancelled() && d.gate.as_ref().is_some_and(|g| g.check.is_some());
+            let gate_deadline = d
+                .gate
+                .as_ref()
+                .and_then(|g| g.held_since)
+                .map(|since| since + dep.plan.strategy.gate_timeout);
             if tasks.is_empty() && !gate_pending {
                 if queue.is_empty() || d.halt.is_cancelled() {
                     break;
@@ -178,6 +196,7 @@ pub async fn run(
                 reason = dep.external_halt.triggered(), if !d.halt.is_cancelled() => d.halt_with(reason),
                 Some(msg) = rx.recv() => d.on_msg(msg),
                 unhealthy = gate_result(&mut d.gate), if gate_pending => d.on_gate(unhealthy),
+                _ = tokio::time::sleep_until(gate_deadline.unwrap_or_else(Instant::now)), if gate_pending && gate_deadline.is_some() => d.gate_timed_out(),
                 Some(joined) = tasks.join_next() => {
                     match joined {
                         Ok(finished) => d.finish(finished, max_failures),
@@ -189,8 +208,9 @@ pub async fn run(
             }
         }
     }
-    if let Some(check) = d.gate.as_mut().and_then(|g| g.check.take()) {
-        check.abort();
+    // A check still in flight is aborted (dropping it aborts the task).
+    if let Some(g) = d.gate.as_mut() {
+        g.check = None;
     }
     // Drain phase messages that arrived after the last join.
     while let Ok(msg) = rx.try_recv() {
@@ -206,9 +226,11 @@ struct GateState {
     /// The last check passed and nothing has started since.
     open: bool,
     /// The check in flight.
-    check: Option<JoinHandle<Vec<GateUnit>>>,
-    /// Since when the gate has been failing, and what failed last.
-    closed_since: Option<Instant>,
+    check: Option<GateCheck>,
+    /// Since when a start has been held back by the gate; `gate_timeout`
+    /// counts from here. Cleared when the gate opens.
+    held_since: Option<Instant>,
+    /// What failed in the last check (empty when it passed, or none yet).
     unhealthy: Vec<GateUnit>,
 }
 
@@ -218,9 +240,19 @@ impl GateState {
             fleet,
             open: false,
             check: None,
-            closed_since: None,
+            held_since: None,
             unhealthy: Vec::new(),
         }
+    }
+}
+
+/// A gate check task, aborted when dropped: probes must not outlive the
+/// rollout (they hold the deployment and its connections).
+struct GateCheck(JoinHandle<Vec<GateUnit>>);
+
+impl Drop for GateCheck {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -230,7 +262,7 @@ async fn gate_result(gate: &mut Option<GateState>) -> Vec<GateUnit> {
     let Some(check) = gate.as_mut().and_then(|g| g.check.as_mut()) else {
         return std::future::pending().await;
     };
-    let result = check.await;
+    let result = (&mut check.0).await;
     if let Some(g) = gate.as_mut() {
         g.check = None;
     }
@@ -293,8 +325,8 @@ impl Dispatch {
         tasks.spawn(walk.run());
     }
 
-    /// Start a gate check unless one is running: at once the first time,
-    /// after one health interval while the gate is failing.
+    /// Start a gate check unless one is running: at once, or one health
+    /// interval after a check that failed.
     fn ensure_gate_check(&mut self) {
         let exclude = self
             .out_names
@@ -308,51 +340,64 @@ impl Dispatch {
             .as_ref()
             .map_or(Duration::from_millis(500), |h| h.interval);
         let Some(g) = self.gate.as_mut() else { return };
+        g.held_since.get_or_insert_with(Instant::now);
         if g.check.is_some() {
             return;
         }
-        let delay = if g.closed_since.is_some() {
-            interval
-        } else {
+        let delay = if g.unhealthy.is_empty() {
             Duration::ZERO
+        } else {
+            interval
         };
-        g.check = Some(tokio::spawn(gate::check(
+        g.check = Some(GateCheck(tokio::spawn(gate::check(
             Arc::clone(&self.dep),
             Arc::clone(&g.fleet),
             exclude,
             delay,
-        )));
+        ))));
     }
 
     fn on_gate(&mut self, unhealthy: Vec<GateUnit>) {
         let gate_timeout = self.dep.plan.strategy.gate_timeout;
         let Some(g) = self.gate.as_mut() else { return };
+        let held = g.held_since.map_or(Duration::ZERO, |t| t.elapsed());
         if unhealthy.is_empty() {
             g.open = true;
-            if let Some(since) = g.closed_since.take() {
+            g.held_since = None;
+            if !g.unhealthy.is_empty() {
                 g.unhealthy.clear();
                 self.dep.emit(Event::GateOpened {
-                    closed_ms: since.elapsed().as_millis() as u64,
+                    closed_ms: held.as_millis() as u64,
                 });
                 self.progress();
             }
             return;
         }
-        let since = *g.closed_since.get_or_insert_with(Instant::now);
-        let closed = since.elapsed();
         let names = |v: &[GateUnit]| v.iter().map(|u| u.unit.clone()).collect::<Vec<_>>();
         let changed = names(&g.unhealthy) != names(&unhealthy);
         g.unhealthy = unhealthy;
         if changed {
             self.dep.emit(Event::GateClosed {
                 unhealthy: g.unhealthy.clone(),
-                closed_ms: closed.as_millis() as u64,
+                closed_ms: held.as_millis() as u64,
                 gate_timeout_ms: gate_timeout.as_millis() as u64,
             });
             self.progress();
         }
-        if closed >= gate_timeout {
-            let g = self.gate.as_ref().expect("checked above");
+        if held >= gate_timeout {
+            self.gate_timed_out();
+        }
+    }
+
+    /// The gate held starts back for `gate_timeout`: halt, naming what was
+    /// unhealthy at the last check.
+    fn gate_timed_out(&mut self) {
+        let gate_timeout = self.dep.plan.strategy.gate_timeout;
+        let Some(g) = self.gate.as_ref() else { return };
+        let held = g.held_since.map_or(Duration::ZERO, |t| t.elapsed());
+        let what = if g.unhealthy.is_empty() {
+            "its health check of the fleet did not finish".to_string()
+        } else {
             let list = g
                 .unhealthy
                 .iter()
@@ -361,13 +406,45 @@ impl Dispatch {
                 .collect::<Vec<_>>()
                 .join(", ");
             let more = g.unhealthy.len().saturating_sub(10);
-            self.halt_with(format!(
-                "the health gate stayed closed for {:?} (strategy.gate_timeout = {gate_timeout:?}): not healthy: {list}{}; \
-                 fix them, or name their hosts with --force to deploy past them",
-                Duration::from_millis(closed.as_millis() as u64),
-                if more > 0 { format!(" and {more} more") } else { String::new() }
-            ));
-        }
+            format!(
+                "not healthy: {list}{}",
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            )
+        };
+        self.halt_with(format!(
+            "the health gate stayed closed for {:?} (strategy.gate_timeout = {gate_timeout:?}): {what}; \
+             fix them, or name their hosts with --force to deploy past them",
+            Duration::from_millis(held.as_millis() as u64),
+        ));
+    }
+
+    /// Another unit of `i`'s host that is out of service (in flight, or
+    /// failed and left out), by name.
+    fn out_on_host(&self, i: usize) -> Option<String> {
+        let host = &self.dep.units[i].host.name;
+        self.out_names
+            .iter()
+            .map(|&o| &self.dep.units[o])
+            .find(|u| &u.host.name == host)
+            .map(|u| u.name())
+    }
+
+    /// Mark a unit skipped without touching it.
+    fn skip(&mut self, i: usize, reason: String) {
+        let unit = &self.dep.units[i];
+        let result = UnitResult::Skipped { reason };
+        self.dep.emit(Event::UnitFinished {
+            unit: unit.name(),
+            host: unit.host.name.clone(),
+            result: UnitResultJson::from(&result),
+            output: None,
+        });
+        self.states[i] = State::Done(result);
+        self.done += 1;
     }
 
     fn on_msg(&mut self, msg: Msg) {
