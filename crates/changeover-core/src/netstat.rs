@@ -15,16 +15,12 @@ pub const PROC_NET_TCP: &str = "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null; tr
 /// The kernel's state number for ESTABLISHED.
 const ESTABLISHED: &str = "01";
 
-/// Established connections whose local end is `port` on this unit.
-///
-/// Which local addresses belong to the unit: when `address` is an IP
-/// literal, that address, and also loopback when `address` itself is not
-/// loopback (an HAProxy beside the app usually connects to 127.0.0.1); when
-/// `address` is a host name, any local address. Several hosts sharing one
-/// network stack on one address each (as in tests on 127.0.1.x) are told
-/// apart that way.
-pub fn count_established(proc_text: &str, port: u16, address: &str) -> Result<u64, String> {
-    let own: Option<IpAddr> = address.parse().ok();
+/// Established connections whose local end is `port`, on any local address
+/// (as `ss state established '( sport = :port )'` counts them), or only on
+/// `only` when given (`drain.local_address`: a host with several service
+/// addresses, or test hosts sharing one network stack).
+pub fn count_established(proc_text: &str, port: u16, only: Option<IpAddr>) -> Result<u64, String> {
+    let only = only.map(canonical);
     let mut count = 0;
     let mut rows = 0;
     for line in proc_text.lines() {
@@ -40,17 +36,8 @@ pub fn count_established(proc_text: &str, port: u16, address: &str) -> Result<u6
             ));
         };
         rows += 1;
-        if local_port != port || fields[3] != ESTABLISHED {
-            continue;
-        }
-        let ours = match own {
-            None => true,
-            Some(own) => {
-                let ip = canonical(ip);
-                ip == canonical(own) || (ip.is_loopback() && !canonical(own).is_loopback())
-            }
-        };
-        if ours {
+        if local_port == port && fields[3] == ESTABLISHED && only.is_none_or(|o| o == canonical(ip))
+        {
             count += 1;
         }
     }
@@ -115,29 +102,33 @@ mod tests {
    0: 0000000000000000FFFF00000301007F:1F91 0000000000000000FFFF00000100007F:C000 01 00000000:00000000 00:00000000 00000000     0        0 1006 1 0000000000000000 20 4 30 10 -1
 ";
 
-    #[test]
-    fn counts_established_to_the_units_address_and_port() {
-        // Rows 1, 2 and the tcp6 row; not the listener, not 127.0.1.4, not
-        // loopback (the unit's own address is loopback here), not TIME_WAIT.
-        assert_eq!(count_established(TCP, 8081, "127.0.1.3"), Ok(3));
-        assert_eq!(count_established(TCP, 8081, "127.0.1.4"), Ok(1));
-        assert_eq!(count_established(TCP, 8082, "127.0.1.3"), Ok(0));
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
     }
 
     #[test]
-    fn loopback_counts_for_a_public_address_and_names_count_everything() {
-        // 10.0.0.5 has none of its own, but every loopback connection may
-        // be a local HAProxy's (all of 127/8 is loopback).
-        assert_eq!(count_established(TCP, 8081, "10.0.0.5"), Ok(5));
-        assert_eq!(count_established(TCP, 8081, "web-3.example"), Ok(5));
+    fn counts_every_local_address_by_default() {
+        // Rows 1-4 and the tcp6 row; not the listener, not TIME_WAIT, not
+        // another port.
+        assert_eq!(count_established(TCP, 8081, None), Ok(5));
+        assert_eq!(count_established(TCP, 8082, None), Ok(0));
+    }
+
+    #[test]
+    fn local_address_narrows_to_one_address() {
+        // Rows 1, 2 and the dual-stack row (IPv4-mapped) are 127.0.1.3's.
+        assert_eq!(count_established(TCP, 8081, ip("127.0.1.3")), Ok(3));
+        assert_eq!(count_established(TCP, 8081, ip("127.0.1.4")), Ok(1));
+        assert_eq!(count_established(TCP, 8081, ip("::ffff:127.0.1.3")), Ok(3));
+        assert_eq!(count_established(TCP, 8081, ip("10.0.0.5")), Ok(0));
     }
 
     #[test]
     fn no_table_is_an_error_not_zero() {
-        assert!(count_established("", 8081, "127.0.1.3").is_err());
-        assert!(count_established("   0: garbage 01", 8081, "127.0.1.3").is_err());
+        assert!(count_established("", 8081, None).is_err());
+        assert!(count_established("   0: garbage 01", 8081, None).is_err());
         // A table with no rows is a real zero.
         let header = TCP.lines().next().unwrap();
-        assert_eq!(count_established(header, 8081, "127.0.1.3"), Ok(0));
+        assert_eq!(count_established(header, 8081, None), Ok(0));
     }
 }

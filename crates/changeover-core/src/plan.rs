@@ -117,8 +117,9 @@ pub enum DrainMode {
     /// The balancer's own session count reaches 0.
     Lb,
     /// No established TCP connection to the unit's port, counted on the host
-    /// itself (from `/proc/net/tcp*`, over SSH).
-    Host,
+    /// itself (from `/proc/net/tcp*`, over SSH): on any local address, or
+    /// only on this one (rendered per unit, e.g. `{address}`).
+    Host { local_address: Option<Template> },
     /// A plain pause of `timeout`.
     Fixed,
     /// A command (on the host) that exits 0 once the unit is drained; polled.
@@ -320,7 +321,10 @@ impl Plan {
     /// every host).
     pub fn uses_ssh(&self) -> bool {
         !self.deploy.run.is_empty()
-            || matches!(self.drain.mode, DrainMode::Command(_) | DrainMode::Host)
+            || matches!(
+                self.drain.mode,
+                DrainMode::Command(_) | DrainMode::Host { .. }
+            )
             || matches!(
                 self.health.as_ref().map(|h| &h.check),
                 Some(HealthCheck::Command(_))

@@ -236,7 +236,7 @@ fn front_tier_config_works_as_written() {
     let gated = FRONT_TIER.replace(
         "groups = \"35%\"             # group size = max(1, floor(35 % of hosts))",
         "window = \"10%\"\nwait_for_all_healthy = true\ngate_timeout = \"2m\"",
-    ) + "\n[drain]\nmode = \"host\"\n";
+    ) + "\n[drain]\nmode = \"host\"\nlocal_address = \"{address}\"\n";
     let loaded = config::parse("changeover.toml", &gated, Path::new(".")).unwrap();
     assert!(loaded.plan.strategy.wait_for_all_healthy);
     assert_eq!(loaded.plan.strategy.gate_timeout.as_secs(), 120);
@@ -279,6 +279,10 @@ fn front_tier_mistakes_are_refused_with_a_hint() {
             FRONT_TIER.replace("[health]\nhttp = \"http://{address}:{port}/health\"\n", "")
                 + "\nwait_for_all_healthy = true\n",
             "wait_for_all_healthy needs a health check",
+        ),
+        (
+            FRONT_TIER.to_string() + "\n[drain]\nmode = \"lb\"\nlocal_address = \"{address}\"\n",
+            "drain.local_address applies to mode = \"host\" only",
         ),
         (
             FRONT_TIER

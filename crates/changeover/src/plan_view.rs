@@ -171,12 +171,16 @@ pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String
             &mut s,
             format!("drain: wait {}", humantime::format_duration(drain.timeout)),
         ),
-        DrainMode::Host => step(
+        DrainMode::Host { local_address } => step(
             &mut s,
             format!(
-                "drain: until {} counts no established connection to port {} ({bound_text})",
+                "drain: until {} counts no established connection to port {}{} ({bound_text})",
                 first.host.name,
-                first.port.map_or("?".into(), |p| p.to_string())
+                first.port.map_or("?".into(), |p| p.to_string()),
+                local_address
+                    .as_ref()
+                    .map(|t| format!(" on {}", t.render(&vars)))
+                    .unwrap_or_default()
             ),
         ),
         DrainMode::Command(t) => step(

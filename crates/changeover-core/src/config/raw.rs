@@ -83,6 +83,7 @@ pub struct RawDrain {
     pub on_timeout: Option<String>,
     pub interval: Option<String>,
     pub command: Option<String>,
+    pub local_address: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

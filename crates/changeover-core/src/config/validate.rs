@@ -770,6 +770,7 @@ impl<'a> Validator<'a> {
             on_timeout: None,
             interval: None,
             command: None,
+            local_address: None,
         });
         let counting = lbs
             .iter()
@@ -800,7 +801,11 @@ impl<'a> Validator<'a> {
                         "add [instances] with first_port = <the port the app listens on> (instance k listens on first_port + k - 1)",
                     );
                 }
-                DrainMode::Host
+                let local_address = match &raw.local_address {
+                    Some(a) => Some(self.template(path!["drain", "local_address"], a)?),
+                    None => None,
+                };
+                DrainMode::Host { local_address }
             }
             "command" => match &raw.command {
                 Some(c) => DrainMode::Command(self.template(path!["drain", "command"], c)?),
@@ -811,6 +816,14 @@ impl<'a> Validator<'a> {
             },
             _ => DrainMode::Fixed,
         };
+        if raw.local_address.is_some() && !matches!(mode, DrainMode::Host { .. }) {
+            self.err(
+                path!["drain", "local_address"],
+                "drain.local_address applies to mode = \"host\" only",
+                "not used",
+                "remove it, or set mode = \"host\" to count connections on the host",
+            );
+        }
         let on_timeout = match self.choice(
             path!["drain", "on_timeout"],
             raw.on_timeout.as_ref(),

@@ -225,31 +225,8 @@ impl Walk {
                     last_sessions = Some(total);
                     total == 0
                 }
-                DrainMode::Host => {
-                    let port = self.unit.port.expect("validation requires first_port");
-                    let left = deadline
-                        .saturating_duration_since(Instant::now())
-                        .max(Duration::from_secs(1));
-                    let out = self
-                        .dep
-                        .remote
-                        .run(&self.unit.host, crate::netstat::PROC_NET_TCP, left)
-                        .await
-                        .map_err(|e| Failure {
-                            phase: Phase::Drain,
-                            error: format!("counting connections on the host: {e}"),
-                            output: None,
-                        })?;
-                    let n = crate::netstat::count_established(
-                        &out.stdout,
-                        port,
-                        &self.unit.host.address,
-                    )
-                    .map_err(|e| Failure {
-                        phase: Phase::Drain,
-                        error: format!("counting connections to port {port} on the host: {e}"),
-                        output: None,
-                    })?;
+                DrainMode::Host { local_address } => {
+                    let n = self.count_on_host(local_address.as_ref(), deadline).await?;
                     last_sessions = Some(n);
                     n == 0
                 }
@@ -286,7 +263,7 @@ impl Walk {
                     error: match last_sessions {
                         Some(n) => format!(
                             "still {n} open {} after {:?} (drain.on_timeout = \"fail\")",
-                            if matches!(spec.mode, DrainMode::Host) {
+                            if matches!(spec.mode, DrainMode::Host { .. }) {
                                 "connection(s) on the host"
                             } else {
                                 "session(s)"
@@ -308,6 +285,47 @@ impl Walk {
             )
             .await;
         }
+    }
+
+    /// Drain mode "host": established connections to the unit's port,
+    /// read off the host's `/proc/net/tcp*`.
+    async fn count_on_host(
+        &self,
+        local_address: Option<&Template>,
+        deadline: Instant,
+    ) -> Result<u64, Failure> {
+        let fail = |error: String| Failure {
+            phase: Phase::Drain,
+            error,
+            output: None,
+        };
+        let port = self.unit.port.expect("validation requires first_port");
+        let only = match local_address {
+            None => None,
+            Some(t) => {
+                let text = t.render(&self.vars());
+                Some(text.parse::<std::net::IpAddr>().map_err(|_| {
+                    fail(format!(
+                        "drain.local_address `{t}` gives `{text}` for {}, which is not an IP address",
+                        self.unit
+                    ))
+                })?)
+            }
+        };
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        let out = self
+            .dep
+            .remote
+            .run(&self.unit.host, crate::netstat::PROC_NET_TCP, left)
+            .await
+            .map_err(|e| fail(format!("counting connections on the host: {e}")))?;
+        crate::netstat::count_established(&out.stdout, port, only).map_err(|e| {
+            fail(format!(
+                "counting connections to port {port} on the host: {e}"
+            ))
+        })
     }
 
     async fn steps(&self) -> Result<(), Failure> {

@@ -166,7 +166,9 @@ fn drain_host(fleet: &Fleet, timeout: &str) -> std::path::PathBuf {
     fleet.config(
         None,
         &format!(
-            "[instances]\nfirst_port = {}\n\n[drain]\nmode = \"host\"\ntimeout = \"{timeout}\"\ninterval = \"200ms\"\n\n[strategy]\nbatch = 1\n",
+            // The test hosts share one network stack and one port: count
+            // only the unit's own address.
+            "[instances]\nfirst_port = {}\n\n[drain]\nmode = \"host\"\nlocal_address = \"{{address}}\"\ntimeout = \"{timeout}\"\ninterval = \"200ms\"\n\n[strategy]\nbatch = 1\n",
             fleet.port
         ),
     )
