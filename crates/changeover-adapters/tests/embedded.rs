@@ -321,3 +321,34 @@ async fn backend_connections_are_reused() {
     );
     a.stop().await;
 }
+
+#[tokio::test]
+async fn draining_closes_the_idle_backend_connections() {
+    // Pooled connections to a drained backend are of no use and would keep
+    // its sockets open (drain mode "host" would wait on them).
+    let a = app(0, "v1", Duration::ZERO).await;
+    let b = app(0, "v2", Duration::ZERO).await;
+    let (lb, units) = balancer(&[&a, &b]).await;
+    for _ in 0..10 {
+        get(lb.local_addr()).await;
+    }
+    assert!(
+        lb.connections(&units[0]).unwrap() >= 1,
+        "a connection was pooled"
+    );
+    lb.apply(&[&units[0]], LbAction::Drain, None).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while lb.connections(&units[0]).unwrap() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "idle connections to the drained backend stay open"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The other backend serves on.
+    for _ in 0..5 {
+        assert_eq!(get(lb.local_addr()).await, "v2");
+    }
+    a.stop().await;
+    b.stop().await;
+}

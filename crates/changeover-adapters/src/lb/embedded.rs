@@ -67,8 +67,9 @@ const DRAIN: u8 = 1;
 const MAINT: u8 = 2;
 
 /// Idle backend connections older than this are not reused: the backend may
-/// be about to close them, and a request racing that close would fail.
-const MAX_IDLE: Duration = Duration::from_secs(2);
+/// be about to close them, and a request racing that close would fail. Below
+/// the shortest common keep-alive timeout (gunicorn's 2 s).
+const MAX_IDLE: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -331,7 +332,13 @@ impl LoadBalancer for EmbeddedLb {
         }
         for (i, b) in targets.into_iter().enumerate() {
             match action {
-                LbAction::Drain => b.admin.store(DRAIN, Ordering::Release),
+                LbAction::Drain => {
+                    b.admin.store(DRAIN, Ordering::Release);
+                    // Idle pooled connections would keep the backend's
+                    // sockets open (drain mode "host" counts them) and no
+                    // new request may use them any more.
+                    b.clear_idle();
+                }
                 LbAction::Disable => {
                     b.admin.store(MAINT, Ordering::Release);
                     b.clear_idle();
@@ -550,11 +557,18 @@ impl Guarded {
     fn finish(&mut self) {
         if let (Some(sender), Some(guard)) = (self.sender.take(), self.guard.as_ref()) {
             let b = &guard.0;
-            if self.done && b.admin.load(Ordering::Acquire) != MAINT {
+            // Only a backend in rotation keeps connections for reuse; one
+            // being drained or cut off gets its connections closed.
+            if self.done && b.admin.load(Ordering::Acquire) == READY {
                 b.idle
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push((sender, Instant::now()));
+                // A take-out between the check and the push cleared the
+                // pool before this connection was in it.
+                if b.admin.load(Ordering::Acquire) != READY {
+                    b.clear_idle();
+                }
             }
         }
         // Pool first, then stop counting: a drain that sees 0 in flight and
