@@ -475,3 +475,91 @@ async fn local_timeout_kills_everything_the_command_started() {
         .unwrap();
     assert!(wait_dead(background).await, "background sleep survived");
 }
+
+/// A unix socket server on "the host" (this machine) that answers each
+/// connection with one line and closes, like HAProxy's runtime API.
+fn unix_server(dir: &Path) -> PathBuf {
+    let path = dir.join("api.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            use tokio::io::AsyncWriteExt;
+            let _ = s.write_all(b"pong\n").await;
+        }
+    });
+    path
+}
+
+async fn read_all(path: &Path) -> std::io::Result<String> {
+    use tokio::io::AsyncReadExt;
+    let mut s = tokio::net::UnixStream::connect(path).await?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).await?;
+    Ok(text)
+}
+
+#[tokio::test]
+async fn a_unix_socket_on_the_host_is_forwarded_and_survives_a_new_master() {
+    let fleet = SshFleet::start(1);
+    let host = host(&fleet.hosts()[0]);
+    let dir = tempfile::tempdir().unwrap();
+    let api = unix_server(dir.path());
+    let remote = remote(&fleet);
+    let api_text = api.to_str().unwrap();
+
+    let local = remote
+        .forward_unix_socket(&host, api_text, false)
+        .await
+        .unwrap();
+    assert_ne!(local, api, "a local end of its own");
+    assert_eq!(read_all(&local).await.unwrap(), "pong\n");
+    // Asked again: the same forward.
+    assert_eq!(
+        remote
+            .forward_unix_socket(&host, api_text, false)
+            .await
+            .unwrap(),
+        local
+    );
+
+    // The master dies (and its forward with it): the cached path no longer
+    // answers, and a renewal reconnects and forwards again.
+    let pid = master_pid(&remote);
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(wait_dead(pid).await);
+    let dead = read_all(&local).await;
+    assert!(
+        !matches!(&dead, Ok(text) if !text.is_empty()),
+        "the old forward died with its master: {dead:?}"
+    );
+    let renewed = remote
+        .forward_unix_socket(&host, api_text, true)
+        .await
+        .unwrap();
+    assert_eq!(read_all(&renewed).await.unwrap(), "pong\n");
+    assert_ne!(master_pid(&remote), pid);
+    remote.close().await;
+}
+
+#[tokio::test]
+async fn a_command_gets_its_stdin_over_ssh_and_locally() {
+    let fleet = SshFleet::start(1);
+    let host = host(&fleet.hosts()[0]);
+    let remote = remote(&fleet);
+    // Larger than a pipe buffer, to prove stdin and stdout flow at once.
+    let input = "line\n".repeat(50_000);
+    let out = remote
+        .run_with_input(&host, "wc -l; cat >/dev/null", input.as_bytes(), LONG)
+        .await
+        .unwrap();
+    assert_eq!(out.stdout.trim(), "50000");
+    let out = LocalRemote::new()
+        .run_with_input(&local_host(), "cat | wc -l", input.as_bytes(), LONG)
+        .await
+        .unwrap();
+    assert_eq!(out.stdout.trim(), "50000");
+    remote.close().await;
+}

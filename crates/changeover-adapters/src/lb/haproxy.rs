@@ -385,7 +385,10 @@ impl HaproxyLb {
                     .run_with_input(host, command, format!("{line}\n").as_bytes(), self.timeout)
                     .await
                     .map_err(|e| self.unreachable(e.to_string()))?;
-                if !out.success() && out.stdout.trim().is_empty() {
+                // A command that failed may have printed part of an answer
+                // (a cut-off `show stat` would read as 0 sessions): only a
+                // clean exit counts as HAProxy's whole answer.
+                if !out.success() {
                     let why = out.stderr.lines().last().unwrap_or("").trim().to_string();
                     return Err(self.unreachable(format!(
                         "`{command}` exited with {}{}",

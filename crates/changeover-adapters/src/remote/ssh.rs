@@ -344,10 +344,9 @@ impl Remote for SshRemote {
                 .reconnect(host, &destination, &master, &session)
                 .await?;
         }
-        let key = (destination, path.to_string());
         let mut forwards = master.forwards.lock().await;
         // A forward lives in its master: a new master needs a new one.
-        if let Some((owner, local)) = forwards.get(&key.1) {
+        if let Some((owner, local)) = forwards.get(path) {
             if Arc::ptr_eq(owner, &session) && !renew {
                 return Ok(local.clone());
             }
@@ -356,23 +355,38 @@ impl Remote for SshRemote {
             host: host.name.clone(),
             message,
         };
+        // The old forward's listener goes, whether it still works or not.
+        if let Some((owner, old)) = forwards.remove(path) {
+            let _ = owner
+                .close_port_forward(
+                    openssh::ForwardType::Local,
+                    old.clone(),
+                    PathBuf::from(path),
+                )
+                .await;
+            let _ = std::fs::remove_file(old);
+        }
         let dir = self.ensure_control_dir().map_err(fail)?;
         let local = dir.join(format!("fwd-{}.sock", random_suffix()));
-        session
-            .request_port_forward(
-                openssh::ForwardType::Local,
-                local.clone(),
-                PathBuf::from(path),
-            )
-            .await
-            .map_err(|e| {
-                fail(format!(
-                    "cannot forward the unix socket {path} over SSH: {} \
-                     (is AllowStreamLocalForwarding off in the host's sshd_config?)",
-                    error_chain(&e)
-                ))
-            })?;
-        forwards.insert(key.1, (session, local.clone()));
+        let request = |session: Arc<Session>, local: PathBuf| async move {
+            session
+                .request_port_forward(openssh::ForwardType::Local, local, PathBuf::from(path))
+                .await
+        };
+        if let Err(first) = request(Arc::clone(&session), local.clone()).await {
+            // A master that died since it was opened cannot forward: one
+            // fresh connection, then the error is the forward's own.
+            if session.check().await.is_ok() {
+                return Err(fail(forward_message(path, &first)));
+            }
+            session = self
+                .reconnect(host, &destination, &master, &session)
+                .await?;
+            request(Arc::clone(&session), local.clone())
+                .await
+                .map_err(|e| fail(forward_message(path, &e)))?;
+        }
+        forwards.insert(path.to_string(), (session, local.clone()));
         Ok(local)
     }
 
@@ -560,6 +574,14 @@ async fn execute(
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     })
+}
+
+fn forward_message(path: &str, err: &openssh::Error) -> String {
+    format!(
+        "cannot forward the unix socket {path} over SSH: {} \
+         (is AllowStreamLocalForwarding off in the host's sshd_config?)",
+        error_chain(err)
+    )
 }
 
 /// `ssh -O stop`: the master accepts no new session and exits once the
