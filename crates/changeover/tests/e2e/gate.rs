@@ -205,8 +205,10 @@ fn drain_host_honours_the_timeout() {
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(started.elapsed() < Duration::from_secs(20), "{all}");
+    // The held connection, plus any HAProxy health check caught open at
+    // the last count.
     assert!(
-        all.contains("still 1 open connection(s) on the host"),
+        open_connections(&all).is_some_and(|n| n >= 1),
         "the failure counts the connection: {all}"
     );
     // Nothing was changed on web-1: it is back in; web-2 untouched.
@@ -215,4 +217,10 @@ fn drain_host_honours_the_timeout() {
         .wait_for_status("web-1", "UP", Duration::from_secs(10));
     assert_eq!(row.status, "UP");
     assert_eq!(fleet.versions(), ["v1", "v1"], "{all}");
+}
+
+/// N in "still N open connection(s) on the host", from a failure message.
+fn open_connections(text: &str) -> Option<u64> {
+    let (before, _) = text.split_once(" open connection(s) on the host")?;
+    before.rsplit("still ").next()?.trim().parse().ok()
 }
