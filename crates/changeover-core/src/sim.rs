@@ -113,6 +113,8 @@ pub struct SimRemote {
     pub unreachable_hosts: HashSet<String>,
     pub delay: Duration,
     pub output: std::sync::Mutex<Vec<(String, std::collections::VecDeque<String>)>>,
+    /// The next N commands that match an `output` key time out instead.
+    pub timeouts: std::sync::Mutex<u32>,
 }
 
 #[async_trait]
@@ -136,7 +138,7 @@ impl Remote for SimRemote {
         &self,
         host: &Host,
         command: &str,
-        _timeout: Duration,
+        timeout: Duration,
     ) -> Result<CommandOutput, RemoteError> {
         {
             let mut output = self.output.lock().unwrap_or_else(|e| e.into_inner());
@@ -144,6 +146,15 @@ impl Remote for SimRemote {
                 .iter_mut()
                 .find(|(k, _)| command.contains(k.as_str()))
             {
+                let mut timeouts = self.timeouts.lock().unwrap_or_else(|e| e.into_inner());
+                if *timeouts > 0 {
+                    *timeouts -= 1;
+                    return Err(RemoteError::Timeout {
+                        host: host.name.clone(),
+                        command: command.to_string(),
+                        timeout,
+                    });
+                }
                 let stdout = if answers.len() > 1 {
                     answers.pop_front().unwrap_or_default()
                 } else {

@@ -383,3 +383,61 @@ async fn gate_timeout_is_on_time_even_with_slow_checks() {
         .iter()
         .all(|u| u.state == "untouched" && u.in_rotation));
 }
+
+#[tokio::test(start_paused = true)]
+async fn drain_host_rides_out_a_count_that_times_out() {
+    // Two counts time out (a loaded host), then it answers 0: drained, not
+    // failed.
+    let remote = SimRemote {
+        timeouts: 2.into(),
+        ..Default::default()
+    };
+    remote
+        .output
+        .lock()
+        .unwrap()
+        .push(("/proc/net/tcp".into(), [proc_tcp(0)].into()));
+    let f = fixture(
+        plan(
+            1,
+            1,
+            "[drain]\nmode = \"host\"\ntimeout = \"30s\"\ninterval = \"1s\"",
+        ),
+        remote,
+        SimProbe::default(),
+        &[],
+    );
+    let r = deploy(&f).await;
+    assert_eq!(r.outcome, Outcome::Success, "{:?}", r.units);
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_host_says_why_when_no_count_succeeded() {
+    let remote = SimRemote {
+        timeouts: 1000.into(),
+        ..Default::default()
+    };
+    remote
+        .output
+        .lock()
+        .unwrap()
+        .push(("/proc/net/tcp".into(), [proc_tcp(0)].into()));
+    let f = fixture(
+        plan(
+            1,
+            1,
+            "[drain]\nmode = \"host\"\ntimeout = \"5s\"\ninterval = \"1s\"",
+        ),
+        remote,
+        SimProbe::default(),
+        &[],
+    );
+    let r = deploy(&f).await;
+    assert_eq!(r.outcome, Outcome::Failed);
+    let detail = r.units[0].detail.clone().unwrap_or_default();
+    assert!(detail.contains("the last count failed"), "{detail}");
+    assert!(
+        r.units[0].in_rotation,
+        "put back: nothing was changed on it"
+    );
+}

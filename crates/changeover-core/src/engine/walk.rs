@@ -17,6 +17,9 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// How long one count of connections on a host may take (drain "host").
+const COUNT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What a unit task tells the dispatcher while it runs.
 pub(crate) enum Msg {
     Phase(usize, Phase),
@@ -195,6 +198,9 @@ impl Walk {
         let spec = &self.dep.plan.drain;
         let deadline = Instant::now() + spec.timeout;
         let mut last_sessions: Option<u64> = None;
+        // Why the last count could not be taken (a slow or broken SSH
+        // command): retried until the deadline, then reported.
+        let mut last_error: Option<String> = None;
         loop {
             let drained = match &spec.mode {
                 DrainMode::Fixed => {
@@ -226,9 +232,17 @@ impl Walk {
                     total == 0
                 }
                 DrainMode::Host { local_address } => {
-                    let n = self.count_on_host(local_address.as_ref(), deadline).await?;
-                    last_sessions = Some(n);
-                    n == 0
+                    match self.count_on_host(local_address.as_ref(), deadline).await? {
+                        Ok(n) => {
+                            last_sessions = Some(n);
+                            last_error = None;
+                            n == 0
+                        }
+                        Err(e) => {
+                            last_error = Some(e);
+                            false
+                        }
+                    }
                 }
                 DrainMode::Command(t) => {
                     let left = deadline
@@ -260,8 +274,12 @@ impl Walk {
                 }
                 return Err(Failure {
                     phase: Phase::Drain,
-                    error: match last_sessions {
-                        Some(n) => format!(
+                    error: match (last_error, last_sessions) {
+                        (Some(e), _) => format!(
+                            "not drained after {:?} (drain.on_timeout = \"fail\"): the last count failed: {e}",
+                            spec.timeout
+                        ),
+                        (None, Some(n)) => format!(
                             "still {n} open {} after {:?} (drain.on_timeout = \"fail\")",
                             if matches!(spec.mode, DrainMode::Host { .. }) {
                                 "connection(s) on the host"
@@ -270,7 +288,7 @@ impl Walk {
                             },
                             spec.timeout
                         ),
-                        None => format!(
+                        (None, None) => format!(
                             "not drained after {:?} (drain.on_timeout = \"fail\")",
                             spec.timeout
                         ),
@@ -288,12 +306,14 @@ impl Walk {
     }
 
     /// Drain mode "host": established connections to the unit's port,
-    /// read off the host's `/proc/net/tcp*`.
+    /// read off the host's `/proc/net/tcp*`. `Ok(Err(why))`: this count
+    /// could not be taken (SSH slow or down), try again; `Err`: it never
+    /// can (a bad `local_address`, a host without the table).
     async fn count_on_host(
         &self,
         local_address: Option<&Template>,
         deadline: Instant,
-    ) -> Result<u64, Failure> {
+    ) -> Result<Result<u64, String>, Failure> {
         let fail = |error: String| Failure {
             phase: Phase::Drain,
             error,
@@ -312,20 +332,28 @@ impl Walk {
                 })?)
             }
         };
-        let left = deadline
+        // A count that runs over the deadline a little is better than one
+        // cut short by it: a loaded host answers in seconds, not in the
+        // milliseconds left.
+        let limit = deadline
             .saturating_duration_since(Instant::now())
-            .max(Duration::from_secs(1));
-        let out = self
+            .max(COUNT_TIMEOUT);
+        let out = match self
             .dep
             .remote
-            .run(&self.unit.host, crate::netstat::PROC_NET_TCP, left)
+            .run(&self.unit.host, crate::netstat::PROC_NET_TCP, limit)
             .await
-            .map_err(|e| fail(format!("counting connections on the host: {e}")))?;
-        crate::netstat::count_established(&out.stdout, port, only).map_err(|e| {
-            fail(format!(
-                "counting connections to port {port} on the host: {e}"
-            ))
-        })
+        {
+            Ok(out) => out,
+            Err(e) => return Ok(Err(format!("counting connections on the host: {e}"))),
+        };
+        crate::netstat::count_established(&out.stdout, port, only)
+            .map(Ok)
+            .map_err(|e| {
+                fail(format!(
+                    "counting connections to port {port} on the host: {e}"
+                ))
+            })
     }
 
     async fn steps(&self) -> Result<(), Failure> {
