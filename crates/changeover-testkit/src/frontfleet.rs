@@ -43,8 +43,12 @@ pub const BACKEND: &str = "pxapp";
 /// The backend of the global HAProxy (one server per host, named like it).
 pub const GLOBAL_BACKEND: &str = "hosts";
 /// HTTP checks fast enough that a restart shows within a few hundred
-/// milliseconds; `rise 2 fall 2` so that one lost check is not a flap.
-pub const CHECK: &str = "check inter 100ms fastinter 100ms downinter 100ms rise 2 fall 2";
+/// milliseconds; `fall 3` (and [`CHECK_TIMEOUT`]) so that a loaded test
+/// machine answering a check late is not a flap that the sampler would count
+/// as a unit out.
+pub const CHECK: &str = "check inter 100ms fastinter 100ms downinter 100ms rise 2 fall 3";
+/// Without it HAProxy gives a check only `inter` (100 ms) to answer.
+pub const CHECK_TIMEOUT: &str = "timeout check 1s";
 
 /// The per-host HAProxy's member name for instance `k` (1-based).
 pub fn server_name(k: usize) -> String {
@@ -99,7 +103,8 @@ impl FrontTierBuilder {
                     .backend(BACKEND)
                     .frontend_addr(socket_addr(address, host_port))
                     .check(CHECK)
-                    .backend_line("option httpchk GET /health");
+                    .backend_line("option httpchk GET /health")
+                    .backend_line(CHECK_TIMEOUT);
                 for k in 1..=self.instances {
                     let addr = format!("{address}:{}", first_port + k as u16 - 1);
                     builder = match self.weight {
@@ -118,7 +123,8 @@ impl FrontTierBuilder {
         let mut global = Haproxy::builder()
             .backend(GLOBAL_BACKEND)
             .check(CHECK)
-            .backend_line("option httpchk GET /health");
+            .backend_line("option httpchk GET /health")
+            .backend_line(CHECK_TIMEOUT);
         for host in ssh.hosts() {
             global = global.server(&host.name, &format!("{}:{host_port}", host.address));
         }

@@ -123,7 +123,10 @@ impl FleetBuilder {
         let mut builder = Haproxy::builder()
             .backend("app")
             .check("check inter 100ms fastinter 100ms downinter 100ms rise 2 fall 2")
-            .backend_line("option httpchk GET /health");
+            .backend_line("option httpchk GET /health")
+            // HAProxy otherwise gives a check only `inter` to answer, and a
+            // loaded test machine answers late now and then.
+            .backend_line("timeout check 1s");
         for h in ssh.hosts().iter().take(self.members.unwrap_or(self.hosts)) {
             builder = builder.server(&h.name, &format!("{}:{port}", h.address));
         }
