@@ -142,11 +142,26 @@ pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String
         n += 1;
         let _ = writeln!(s, "  {n}. {text}");
     };
-    for lb in &balancers {
+    // With method = "weight" the words say what HAProxy is told.
+    let by_weight = |spec: &changeover_core::plan::LbSpec| {
+        matches!(
+            spec.kind,
+            LbKind::Haproxy {
+                method: changeover_core::plan::LbMethod::Weight,
+                ..
+            }
+        )
+    };
+    for (lb, spec) in balancers.iter().zip(&plan.load_balancers) {
         step(
             &mut s,
             format!(
-                "take out: drain {} on {}",
+                "take out: {} {} on {}",
+                if by_weight(spec) {
+                    "weight 0 for"
+                } else {
+                    "drain"
+                },
                 lb.member_name(first),
                 lb.label()
             ),
@@ -234,11 +249,16 @@ pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String
             ),
         );
     }
-    for lb in balancers.iter().rev() {
+    for (lb, spec) in balancers.iter().zip(&plan.load_balancers).rev() {
         step(
             &mut s,
             format!(
-                "put back: enable {} on {}",
+                "put back: {} {} on {}",
+                if by_weight(spec) {
+                    "restore the weight of"
+                } else {
+                    "enable"
+                },
                 lb.member_name(first),
                 lb.label()
             ),

@@ -29,6 +29,29 @@ fn plan_output() {
     insta::assert_snapshot!(String::from_utf8_lossy(&out.stdout));
 }
 
+/// The front-end tier (issue 4): HAProxy on each host by socket_command,
+/// weights, groups of 35 %, the health gate, drain by counting on the host.
+#[test]
+fn plan_for_a_front_end_tier() {
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            &fixture("front.toml"),
+            "plan",
+            "--version",
+            "v2",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    insta::assert_snapshot!(String::from_utf8_lossy(&out.stdout));
+}
+
 #[test]
 fn plan_for_a_target() {
     let out = Command::new(BIN)
