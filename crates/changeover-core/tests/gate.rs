@@ -248,13 +248,24 @@ fn proc_tcp(n: usize) -> String {
     s
 }
 
+/// A remote whose `/proc/net/tcp` reads give `answers` in turn (the last
+/// repeats), after `timeouts` reads that time out.
+fn proc_remote(answers: Vec<String>, timeouts: u32) -> SimRemote {
+    let remote = SimRemote {
+        timeouts: timeouts.into(),
+        ..Default::default()
+    };
+    remote
+        .output
+        .lock()
+        .unwrap()
+        .push(("/proc/net/tcp".into(), answers.into()));
+    remote
+}
+
 #[tokio::test(start_paused = true)]
 async fn drain_host_waits_for_connections_to_close() {
-    let remote = SimRemote::default();
-    remote.output.lock().unwrap().push((
-        "/proc/net/tcp".into(),
-        [proc_tcp(2), proc_tcp(1), proc_tcp(1), proc_tcp(0)].into(),
-    ));
+    let remote = proc_remote(vec![proc_tcp(2), proc_tcp(1), proc_tcp(1), proc_tcp(0)], 0);
     let f = fixture(
         plan(
             1,
@@ -276,12 +287,7 @@ async fn drain_host_waits_for_connections_to_close() {
 
 #[tokio::test(start_paused = true)]
 async fn drain_host_timeout_fails_the_unit_and_puts_it_back() {
-    let remote = SimRemote::default();
-    remote
-        .output
-        .lock()
-        .unwrap()
-        .push(("/proc/net/tcp".into(), [proc_tcp(1)].into()));
+    let remote = proc_remote(vec![proc_tcp(1)], 0);
     let f = fixture(
         plan(
             2,
@@ -388,15 +394,7 @@ async fn gate_timeout_is_on_time_even_with_slow_checks() {
 async fn drain_host_rides_out_a_count_that_times_out() {
     // Two counts time out (a loaded host), then it answers 0: drained, not
     // failed.
-    let remote = SimRemote {
-        timeouts: 2.into(),
-        ..Default::default()
-    };
-    remote
-        .output
-        .lock()
-        .unwrap()
-        .push(("/proc/net/tcp".into(), [proc_tcp(0)].into()));
+    let remote = proc_remote(vec![proc_tcp(0)], 2);
     let f = fixture(
         plan(
             1,
@@ -413,15 +411,7 @@ async fn drain_host_rides_out_a_count_that_times_out() {
 
 #[tokio::test(start_paused = true)]
 async fn drain_host_says_why_when_no_count_succeeded() {
-    let remote = SimRemote {
-        timeouts: 1000.into(),
-        ..Default::default()
-    };
-    remote
-        .output
-        .lock()
-        .unwrap()
-        .push(("/proc/net/tcp".into(), [proc_tcp(0)].into()));
+    let remote = proc_remote(vec![proc_tcp(0)], 1000);
     let f = fixture(
         plan(
             1,
