@@ -263,18 +263,19 @@ fn proc_remote(answers: Vec<String>, timeouts: u32) -> SimRemote {
     remote
 }
 
+/// `hosts` hosts of one unit each, drained by counting on the host (polled
+/// every second, for at most `timeout`) through `remote`.
+fn drain_host_fixture(hosts: usize, timeout: &str, remote: SimRemote) -> common::Fixture {
+    let drain = format!("[drain]\nmode = \"host\"\ntimeout = \"{timeout}\"\ninterval = \"1s\"");
+    fixture(plan(hosts, 1, &drain), remote, SimProbe::default(), &[])
+}
+
 #[tokio::test(start_paused = true)]
 async fn drain_host_waits_for_connections_to_close() {
-    let remote = proc_remote(vec![proc_tcp(2), proc_tcp(1), proc_tcp(1), proc_tcp(0)], 0);
-    let f = fixture(
-        plan(
-            1,
-            1,
-            "[drain]\nmode = \"host\"\ntimeout = \"30s\"\ninterval = \"1s\"",
-        ),
-        remote,
-        SimProbe::default(),
-        &[],
+    let f = drain_host_fixture(
+        1,
+        "30s",
+        proc_remote(vec![proc_tcp(2), proc_tcp(1), proc_tcp(1), proc_tcp(0)], 0),
     );
     let t0 = tokio::time::Instant::now();
     let r = deploy(&f).await;
@@ -287,17 +288,7 @@ async fn drain_host_waits_for_connections_to_close() {
 
 #[tokio::test(start_paused = true)]
 async fn drain_host_timeout_fails_the_unit_and_puts_it_back() {
-    let remote = proc_remote(vec![proc_tcp(1)], 0);
-    let f = fixture(
-        plan(
-            2,
-            1,
-            "[drain]\nmode = \"host\"\ntimeout = \"5s\"\ninterval = \"1s\"",
-        ),
-        remote,
-        SimProbe::default(),
-        &[],
-    );
+    let f = drain_host_fixture(2, "5s", proc_remote(vec![proc_tcp(1)], 0));
     let r = deploy(&f).await;
     assert_eq!(r.outcome, Outcome::Failed);
     let u = &r.units[0];
@@ -394,34 +385,14 @@ async fn gate_timeout_is_on_time_even_with_slow_checks() {
 async fn drain_host_rides_out_a_count_that_times_out() {
     // Two counts time out (a loaded host), then it answers 0: drained, not
     // failed.
-    let remote = proc_remote(vec![proc_tcp(0)], 2);
-    let f = fixture(
-        plan(
-            1,
-            1,
-            "[drain]\nmode = \"host\"\ntimeout = \"30s\"\ninterval = \"1s\"",
-        ),
-        remote,
-        SimProbe::default(),
-        &[],
-    );
+    let f = drain_host_fixture(1, "30s", proc_remote(vec![proc_tcp(0)], 2));
     let r = deploy(&f).await;
     assert_eq!(r.outcome, Outcome::Success, "{:?}", r.units);
 }
 
 #[tokio::test(start_paused = true)]
 async fn drain_host_says_why_when_no_count_succeeded() {
-    let remote = proc_remote(vec![proc_tcp(0)], 1000);
-    let f = fixture(
-        plan(
-            1,
-            1,
-            "[drain]\nmode = \"host\"\ntimeout = \"5s\"\ninterval = \"1s\"",
-        ),
-        remote,
-        SimProbe::default(),
-        &[],
-    );
+    let f = drain_host_fixture(1, "5s", proc_remote(vec![proc_tcp(0)], 1000));
     let r = deploy(&f).await;
     assert_eq!(r.outcome, Outcome::Failed);
     let detail = r.units[0].detail.clone().unwrap_or_default();

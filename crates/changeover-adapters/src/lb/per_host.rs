@@ -48,7 +48,7 @@ impl PerHostLb {
     }
 
     /// Positions of `units`, grouped by host (in host-name order).
-    fn by_host<'u>(&self, units: &[&'u Unit]) -> BTreeMap<&'u str, Vec<usize>> {
+    fn positions_by_host<'u>(&self, units: &[&'u Unit]) -> BTreeMap<&'u str, Vec<usize>> {
         let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, u) in units.iter().enumerate() {
             groups.entry(u.host.name.as_str()).or_default().push(i);
@@ -79,7 +79,7 @@ impl LoadBalancer for PerHostLb {
     }
 
     async fn status(&self, units: &[&Unit]) -> Vec<Result<MemberStatus, LbError>> {
-        let groups = self.by_host(units);
+        let groups = self.positions_by_host(units);
         let answers = join_all(groups.values().map(|positions| async move {
             let mine: Vec<&Unit> = positions.iter().map(|&i| units[i]).collect();
             match self.of(mine[0]) {
@@ -115,7 +115,7 @@ impl LoadBalancer for PerHostLb {
         action: LbAction,
         restore: Option<&[MemberStatus]>,
     ) -> Result<(), LbError> {
-        let groups = self.by_host(units);
+        let groups = self.positions_by_host(units);
         let results = join_all(groups.iter().map(|(host, positions)| async move {
             let mine: Vec<&Unit> = positions.iter().map(|&i| units[i]).collect();
             let lb = self.of(mine[0])?;
