@@ -12,4 +12,5 @@ pub mod demo_app;
 pub mod health;
 pub mod lb;
 pub mod remote;
+pub mod store;
 pub mod witness;

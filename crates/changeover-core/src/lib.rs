@@ -13,5 +13,7 @@ pub mod plan;
 pub mod planner;
 pub mod remote;
 pub mod sim;
+pub mod state;
+pub mod store;
 pub mod template;
 pub mod unit;

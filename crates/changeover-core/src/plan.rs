@@ -25,6 +25,47 @@ pub struct Plan {
     pub witness: Option<WitnessSpec>,
     /// Where `.changeover/` (journal, local store) lives.
     pub state_dir: PathBuf,
+    /// Where the lock, pointers, unit versions and history live.
+    pub store: StoreSpec,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreSpec {
+    /// Files under `dir` (the plan's `state_dir`).
+    Local {
+        dir: PathBuf,
+    },
+    Etcd(EtcdSpec),
+}
+
+impl StoreSpec {
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            StoreSpec::Local { .. } => "local",
+            StoreSpec::Etcd(_) => "etcd",
+        }
+    }
+}
+
+/// `[store] kind = "etcd"`: the v3 API (JSON gateway) of an etcd cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdSpec {
+    /// `http(s)://host:port`, tried in order.
+    pub endpoints: Vec<String>,
+    /// Every key lives under it; ends with `/` (default `/changeover/<app>/`).
+    pub prefix: String,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub username: Option<String>,
+    /// The environment variable holding the password (never the password).
+    pub password_env: Option<String>,
+    /// The deploy lock's lease TTL: a holder killed with SIGKILL frees it
+    /// within this long.
+    pub lock_ttl: Duration,
+    /// Per-request timeout.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -23,6 +23,21 @@ pub struct RawConfig {
     pub targets: BTreeMap<String, RawTarget>,
     pub state_dir: Option<String>,
     pub witness: Option<RawWitness>,
+    pub store: Option<RawStore>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawStore {
+    pub kind: Option<String>,
+    pub endpoints: Option<Vec<String>>,
+    pub prefix: Option<String>,
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+    pub lock_ttl: Option<String>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

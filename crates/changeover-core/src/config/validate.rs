@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use toml::Value;
 
+mod store;
+
 const LB_KINDS: &[&str] = &[
     "haproxy",
     "elb",
@@ -34,7 +36,7 @@ pub(super) struct Validator<'a> {
     errors: Vec<ConfigError>,
 }
 
-type P = Vec<Seg>;
+pub(super) type P = Vec<Seg>;
 
 impl<'a> Validator<'a> {
     pub(super) fn new(file: &'a str, text: &'a str, base_dir: &'a Path) -> Validator<'a> {
@@ -315,6 +317,7 @@ impl<'a> Validator<'a> {
             Some(d) => self.base_dir.join(d),
             None => self.base_dir.join(".changeover"),
         };
+        let store = self.store(raw.store, &app, &state_dir);
         if !self.errors.is_empty() {
             return None;
         }
@@ -332,6 +335,7 @@ impl<'a> Validator<'a> {
             targets,
             witness,
             state_dir,
+            store,
         })
     }
 
@@ -1162,7 +1166,7 @@ impl<'a> Validator<'a> {
 }
 
 /// A URL for messages: no userinfo, no query (either may hold a secret).
-fn redact_url(url: &str) -> String {
+pub(super) fn redact_url(url: &str) -> String {
     let no_query = url.split(['?', '#']).next().unwrap_or("");
     match no_query.split_once("://") {
         Some((scheme, rest)) => {
@@ -1178,7 +1182,7 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-fn expand_home(path: &str) -> PathBuf {
+pub(super) fn expand_home(path: &str) -> PathBuf {
     match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
         (Some(rest), Some(home)) => Path::new(&home).join(rest),
         _ => PathBuf::from(path),

@@ -1,0 +1,22 @@
+//! Stores: where the lock, version pointers, unit versions and history live.
+//!
+//! - [`local`]: files under `state_dir` (the default)
+//! - [`etcd`]: an etcd v3 cluster, spoken to through its JSON gateway
+
+pub mod local;
+
+use changeover_core::plan::StoreSpec;
+use changeover_core::store::{Store, StoreError};
+use std::sync::Arc;
+
+/// Build the store a plan names. Connecting (and authenticating) happens
+/// here for remote stores; the local store touches nothing until written.
+pub async fn open(spec: &StoreSpec) -> Result<Arc<dyn Store>, StoreError> {
+    match spec {
+        StoreSpec::Local { dir } => Ok(Arc::new(local::LocalStore::new(dir))),
+        StoreSpec::Etcd(_) => Err(StoreError::Denied {
+            store: "etcd".into(),
+            message: "the etcd store is not available in this version".into(),
+        }),
+    }
+}
