@@ -13,4 +13,5 @@ pub mod health;
 pub mod lb;
 pub mod remote;
 pub mod store;
+pub mod wiring;
 pub mod witness;

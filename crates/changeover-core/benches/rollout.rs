@@ -88,6 +88,7 @@ fn bench(hosts: usize, instances: u32, strategy: &str) {
     let remote = Arc::new(SimRemote::default());
     let report = rt.block_on(async {
         let dep = Arc::new(Deployment {
+            policy: plan.target(None).expect("fleet").policy,
             units: plan.units(),
             plan: Arc::clone(&plan),
             balancers: vec![lb.clone()],

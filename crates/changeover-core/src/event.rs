@@ -62,13 +62,15 @@ pub enum UnitResult {
     Reverted,
     /// Not touched (forced and unreachable).
     Skipped { reason: String },
+    /// Not touched: already on the version and serving.
+    Current,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct UnitSummary {
     pub unit: String,
     pub host: String,
-    /// "updated", "failed", "reverted", "skipped", "untouched", "unknown".
+    /// "updated", "failed", "reverted", "skipped", "current", "untouched", "unknown".
     pub state: String,
     /// Whether the unit is in the balancer's rotation as far as we know.
     pub in_rotation: bool,
@@ -178,6 +180,8 @@ pub enum Event {
         reverted: usize,
         skipped: usize,
         untouched: usize,
+        /// Already on the version and serving: not touched.
+        current: usize,
         max_out_of_service_seen: usize,
         units: Vec<UnitSummary>,
     },
@@ -222,6 +226,12 @@ impl From<&UnitResult> for UnitResultJson {
             },
             UnitResult::Reverted => UnitResultJson {
                 result: "reverted",
+                phase: None,
+                error: None,
+                in_rotation: true,
+            },
+            UnitResult::Current => UnitResultJson {
+                result: "current",
                 phase: None,
                 error: None,
                 in_rotation: true,

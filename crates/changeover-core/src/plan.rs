@@ -272,6 +272,18 @@ pub struct StrategySpec {
     pub wait_for_all_healthy: bool,
     /// How long that gate may stay closed before the deploy halts.
     pub gate_timeout: Duration,
+    /// What a failed deploy does next.
+    pub on_failure: OnFailure,
+}
+
+/// `[strategy] on_failure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Stop: failed units stay out, the rest is back in (invariant 4).
+    Halt,
+    /// Then run `unify` on the same target at once: every unit whose
+    /// recorded version is not the pointer's current goes back to it.
+    Rollback,
 }
 
 /// The traffic witness: steady requests during the deploy.
@@ -286,13 +298,75 @@ pub struct WitnessSpec {
     pub keep_alive_share: f64,
 }
 
-#[derive(Debug, Clone, Default)]
+/// `[targets.NAME]`: a slice of the fleet and its policy, as written (the
+/// overrides are already validated and merged with the top-level sections).
+#[derive(Debug, Clone)]
 pub struct TargetSpec {
     pub tags: Vec<String>,
     pub hosts: Vec<String>,
     pub percent: Option<f64>,
+    /// The pointer it reads and moves (default: the target's name).
+    pub pointer: Option<String>,
     pub require_message: bool,
     pub partial: bool,
+    pub can_unify: bool,
+    /// The lock taken for the whole run; `None` = no lock (`lock = false`).
+    pub lock: Option<String>,
+    pub lb_takeout: bool,
+    pub strategy: Option<StrategySpec>,
+    pub drain: Option<DrainSpec>,
+    /// `Some(None)` never happens: a target cannot remove the health check.
+    pub health: Option<HealthSpec>,
+}
+
+/// The default lock name.
+pub const DEFAULT_LOCK: &str = "deploy";
+/// The pointer of a deploy with no target.
+pub const FLEET_POINTER: &str = "fleet";
+
+/// Everything that decides how a rollout of one target behaves: the
+/// top-level sections with the target's overrides applied. The engine reads
+/// this, never the raw top-level config.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub strategy: StrategySpec,
+    pub drain: DrainSpec,
+    pub health: Option<HealthSpec>,
+    pub deploy: DeploySpec,
+    /// The lock taken for the whole run; `None` = no lock.
+    pub lock: Option<String>,
+    pub pointer: String,
+    pub partial: bool,
+    /// false = deploy in place: no balancer is touched, nothing is drained.
+    pub lb_takeout: bool,
+    pub require_message: bool,
+    pub can_unify: bool,
+}
+
+impl Policy {
+    /// Whether this rollout runs anything over SSH (then preflight connects
+    /// to every host).
+    pub fn uses_ssh(&self, load_balancers: &[LbSpec]) -> bool {
+        !self.deploy.run.is_empty()
+            || matches!(
+                self.drain.mode,
+                DrainMode::Command(_) | DrainMode::Host { .. }
+            )
+            || matches!(
+                self.health.as_ref().map(|h| &h.check),
+                Some(HealthCheck::Command(_))
+            )
+            || (self.lb_takeout && load_balancers.iter().any(|l| l.scope == LbScope::Host))
+    }
+}
+
+/// A resolved target: its name, its units in the stable order, its policy.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `None` = the whole fleet.
+    pub name: Option<String>,
+    pub units: Vec<Arc<Unit>>,
+    pub policy: Policy,
 }
 
 impl Plan {
@@ -358,18 +432,58 @@ impl Plan {
             .collect())
     }
 
-    /// Whether anything in the plan runs over SSH (then preflight connects to
-    /// every host).
+    /// A target (or the whole fleet) resolved to its units and its policy.
+    pub fn target(&self, name: Option<&str>) -> Result<Target, String> {
+        let units = self.select(name)?;
+        let spec = name.and_then(|n| self.targets.get(n));
+        let mut policy = Policy {
+            strategy: self.strategy.clone(),
+            drain: self.drain.clone(),
+            health: self.health.clone(),
+            deploy: self.deploy.clone(),
+            lock: Some(DEFAULT_LOCK.to_string()),
+            pointer: name.unwrap_or(FLEET_POINTER).to_string(),
+            partial: false,
+            lb_takeout: true,
+            require_message: false,
+            can_unify: true,
+        };
+        if let Some(t) = spec {
+            if let Some(s) = &t.strategy {
+                policy.strategy = s.clone();
+            }
+            if let Some(d) = &t.drain {
+                policy.drain = d.clone();
+            }
+            if let Some(h) = &t.health {
+                policy.health = Some(h.clone());
+            }
+            policy.lock = t.lock.clone();
+            if let Some(p) = &t.pointer {
+                policy.pointer = p.clone();
+            }
+            policy.partial = t.partial;
+            policy.lb_takeout = t.lb_takeout;
+            policy.require_message = t.require_message;
+            policy.can_unify = t.can_unify;
+        }
+        if !policy.lb_takeout {
+            // In place: nothing was taken out, so there is nothing to drain.
+            policy.drain.mode = DrainMode::Fixed;
+            policy.drain.timeout = Duration::ZERO;
+        }
+        Ok(Target {
+            name: name.map(str::to_string),
+            units,
+            policy,
+        })
+    }
+
+    /// Whether a rollout of the whole fleet runs anything over SSH.
     pub fn uses_ssh(&self) -> bool {
-        !self.deploy.run.is_empty()
-            || matches!(
-                self.drain.mode,
-                DrainMode::Command(_) | DrainMode::Host { .. }
-            )
-            || matches!(
-                self.health.as_ref().map(|h| &h.check),
-                Some(HealthCheck::Command(_))
-            )
-            || self.load_balancers.iter().any(|l| l.scope == LbScope::Host)
+        match self.target(None) {
+            Ok(t) => t.policy.uses_ssh(&self.load_balancers),
+            Err(_) => true,
+        }
     }
 }

@@ -7,6 +7,31 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::Arc;
 
+/// A rollout's schedule, computed once: the waves (unit indices), how many
+/// units may be out of service at once, and whether a host may have only
+/// one unit out at a time (groups).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    pub waves: Vec<Vec<usize>>,
+    pub bound: usize,
+    pub one_per_host: bool,
+}
+
+impl Schedule {
+    pub fn new(units: &[Arc<Unit>], rollout: &Rollout) -> Schedule {
+        let waves = waves(units, rollout);
+        let bound = match rollout {
+            Rollout::Window(w) => w.of(units.len()).min(units.len().max(1)),
+            _ => waves.iter().map(|w| w.len()).max().unwrap_or(1),
+        };
+        Schedule {
+            waves,
+            bound,
+            one_per_host: matches!(rollout, Rollout::Groups(_)),
+        }
+    }
+}
+
 /// The waves of a rollout over `units` (already in stable order), as lists of
 /// unit indices (positions in `units`). Every unit is in exactly one wave.
 ///
@@ -66,14 +91,7 @@ fn group_waves(units: &[Arc<Unit>], amount: Amount) -> Vec<Vec<usize>> {
 /// How many units may be out of service at once: the largest wave for
 /// batches and groups, the window otherwise. Never below 1.
 pub fn out_of_service_bound(units: &[Arc<Unit>], rollout: &Rollout) -> usize {
-    match rollout {
-        Rollout::Window(w) => w.of(units.len()).min(units.len().max(1)),
-        _ => waves(units, rollout)
-            .iter()
-            .map(|w| w.len())
-            .max()
-            .unwrap_or(1),
-    }
+    Schedule::new(units, rollout).bound
 }
 
 #[cfg(test)]

@@ -49,21 +49,59 @@ pub enum Command {
         #[arg(long)]
         version: String,
     },
-    /// Roll a version across the fleet (or a target), unit by unit.
+    /// Roll a version across the fleet (or a target), unit by unit. Units
+    /// already recorded on the version and serving are not touched (unless
+    /// --redeploy); the pointer moves when every unit ends on it (not for a
+    /// partial target).
     Deploy {
         #[command(flatten)]
         target: TargetArgs,
         /// The version to deploy (substituted as {version}).
         #[arg(long)]
         version: String,
-        /// A message recorded with the deploy.
-        #[arg(long)]
-        message: Option<String>,
+        #[command(flatten)]
+        run: RunArgs,
         /// Hosts that may be down or unreachable: skipped if unreachable,
         /// deployed without counting against the bound if already out, and
         /// left out of the `wait_for_all_healthy` gate.
         #[arg(long, value_delimiter = ',', value_name = "HOST,...")]
         force: Vec<String>,
+        /// Deploy to units already recorded on this version too.
+        #[arg(long)]
+        redeploy: bool,
+    },
+    /// Deploy the target's previous version (skipping units already on it),
+    /// then swap the pointer's current and previous.
+    Rollback {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Bring every unit of the target to the pointer's current version
+    /// (after partial deploys); moves no pointer.
+    Unify {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Per unit: balancer state, a live health probe, the recorded version;
+    /// the pointer, the lock, a deploy in progress. Changes nothing.
+    Status(TargetArgs),
+    /// Past runs, newest first. Changes nothing.
+    History {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// How many entries.
+        #[arg(short = 'n', long = "limit", default_value_t = 20)]
+        n: usize,
+    },
+    /// Take, release or show a lock by hand (e.g. "nobody deploys during the
+    /// migration"). A lock taken here stays until released.
+    Lock {
+        #[command(subcommand)]
+        action: LockAction,
     },
     /// The whole job on embedded defaults, nothing to install: N demo app
     /// instances behind the embedded balancer, rolled v1 → v2 under steady
@@ -75,6 +113,38 @@ pub enum Command {
     /// The demo app (used by `changeover demo` and the tests).
     #[command(hide = true)]
     DemoApp(DemoAppArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LockAction {
+    /// Take lock NAME (default "deploy") until `lock release`.
+    Acquire {
+        name: Option<String>,
+        /// Why (shown to whoever is refused).
+        #[arg(long, short)]
+        message: Option<String>,
+    },
+    /// Release lock NAME; --force takes it from someone else.
+    Release {
+        name: Option<String>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Who holds lock NAME (or every lock the config names).
+    Status { name: Option<String> },
+}
+
+/// What every rolling command takes.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A message recorded in the history (required by targets with
+    /// require_message = true).
+    #[arg(long, short)]
+    pub message: Option<String>,
+    /// Wait up to this long for a held lock instead of exiting with 4
+    /// (e.g. 60s, 10m).
+    #[arg(long, value_name = "DURATION", value_parser = humantime_duration)]
+    pub lock_wait: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Args)]

@@ -2,17 +2,15 @@
 //! adapters into the engine, render events, map outcomes to exit codes.
 
 mod cli;
-mod demo;
+mod commands;
 mod plan_view;
 mod reporter;
-mod wiring;
 mod witnessing;
 
 use changeover_core::config::{self, ConfigErrors};
-use changeover_core::engine;
-use changeover_core::event::Outcome;
 use clap::Parser;
 use cli::{Cli, Command};
+use commands::Ctx;
 use reporter::Reporter;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -24,6 +22,7 @@ pub mod exit {
     pub const FAILED: u8 = 1;
     pub const USAGE: u8 = 2;
     pub const NO_GO: u8 = 3;
+    pub const LOCKED: u8 = 4;
     pub const INTERRUPTED: u8 = 130;
 }
 
@@ -45,8 +44,8 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> u8 {
     match &cli.command {
         Command::DemoApp(args) => return demo_app(args).await,
-        Command::DemoCtl(args) => return demo::ctl(args),
-        Command::Demo(args) => return demo::run(args, cli.json, cli.quiet).await,
+        Command::DemoCtl(args) => return commands::demo::ctl(args),
+        Command::Demo(args) => return commands::demo::run(args, cli.json, cli.quiet).await,
         _ => {}
     }
     let loaded = match config::load(&cli.config) {
@@ -65,109 +64,32 @@ async fn run(cli: Cli) -> u8 {
             );
         }
     }
-    let plan = Arc::new(loaded.plan);
-    let reporter = Arc::new(Reporter {
+    let ctx = Ctx {
+        plan: Arc::new(loaded.plan),
+        events: Arc::new(Reporter {
+            json: cli.json,
+            quiet: cli.quiet,
+        }),
         json: cli.json,
         quiet: cli.quiet,
-    });
+    };
     match cli.command {
-        Command::Plan { target, version } => {
-            match plan_view::render(&plan, target.target.as_deref(), &version) {
-                Ok(text) => {
-                    print!("{text}");
-                    exit::OK
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    exit::USAGE
-                }
-            }
-        }
-        Command::Check(target) => {
-            let dep = match wiring::deployment(
-                &plan,
-                target.target.as_deref(),
-                "check",
-                &[],
-                reporter.clone(),
-            )
-            .await
-            {
-                Ok(d) => d,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return exit::USAGE;
-                }
-            };
-            let pf = engine::preflight(&dep).await;
-            dep.remote.close().await;
-            wiring::report_preflight(&dep, &pf);
-            if pf.go() {
-                eprintln!(
-                    "go: {} unit(s) on {} host(s) ready to deploy",
-                    dep.units.len() - pf.skipped.len(),
-                    wiring::host_count(&dep)
-                );
-                exit::OK
-            } else {
-                exit::NO_GO
-            }
-        }
+        Command::Plan { target, version } => commands::plan::run(&ctx, target.target, &version),
+        Command::Check(target) => commands::check::run(&ctx, target.target).await,
         Command::Deploy {
             target,
             version,
-            message: _,
+            run,
             force,
-        } => {
-            let dep = match wiring::deployment(
-                &plan,
-                target.target.as_deref(),
-                &version,
-                &force,
-                reporter.clone(),
-            )
-            .await
-            {
-                Ok(d) => Arc::new(d),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return exit::USAGE;
-                }
-            };
-            let pf = engine::preflight(&dep).await;
-            wiring::report_preflight(&dep, &pf);
-            if !pf.go() {
-                dep.remote.close().await;
-                eprintln!("no-go: nothing was changed");
-                return exit::NO_GO;
-            }
-            let stop = CancellationToken::new();
-            let abort = CancellationToken::new();
-            let signals = tokio::spawn(watch_signals(stop.clone(), abort.clone()));
-            let witness = match plan
-                .witness
-                .as_ref()
-                .map(|w| witnessing::start(w, &dep))
-                .transpose()
-            {
-                Ok(w) => w,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return exit::USAGE;
-                }
-            };
-            let report = engine::run(Arc::clone(&dep), &pf, stop, abort).await;
-            if let Some(w) = witness {
-                w.finish(&dep).await;
-            }
-            signals.abort();
-            dep.remote.close().await;
-            match report.outcome {
-                Outcome::Success => exit::OK,
-                Outcome::Failed => exit::FAILED,
-                Outcome::Interrupted => exit::INTERRUPTED,
-            }
+            redeploy,
+        } => commands::deploy::run(&ctx, target.target, version, run, force, redeploy).await,
+        Command::Rollback { target, run } => {
+            commands::rollback::run(&ctx, target.target, run).await
         }
+        Command::Unify { target, run } => commands::unify::run(&ctx, target.target, run).await,
+        Command::Status(target) => commands::status::run(&ctx, target.target).await,
+        Command::History { target, n } => commands::history::run(&ctx, target.target, n).await,
+        Command::Lock { action } => commands::lock::run(&ctx, action).await,
         Command::DemoApp(_) | Command::DemoCtl(_) | Command::Demo(_) => {
             unreachable!("handled above")
         }

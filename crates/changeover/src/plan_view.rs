@@ -1,8 +1,8 @@
 //! `changeover plan`: the waves, the order and every step, as they would run.
 //! Touches nothing.
 
-use crate::wiring;
 use changeover_adapters::remote::local::LocalRemote;
+use changeover_adapters::wiring;
 use changeover_core::plan::{DrainMode, HealthCheck, LbKind, OnTimeout, Plan, Rollout};
 use changeover_core::planner;
 use changeover_core::remote::Remote;
@@ -44,11 +44,18 @@ impl PlanBalancer for (String, Template) {
 }
 
 pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String, String> {
-    let units = plan.select(target)?;
+    let resolved = plan.target(target)?;
+    let units = resolved.units.clone();
+    let policy = &resolved.policy;
+    // A target that deploys in place touches no balancer.
+    let lb_specs: &[changeover_core::plan::LbSpec] = if policy.lb_takeout {
+        &plan.load_balancers
+    } else {
+        &[]
+    };
     // `plan` touches nothing: these executors are never asked to run.
     let here: Arc<dyn Remote> = Arc::new(LocalRemote::new());
-    let balancers: Vec<Box<dyn PlanBalancer>> = plan
-        .load_balancers
+    let balancers: Vec<Box<dyn PlanBalancer>> = lb_specs
         .iter()
         .map(|spec| -> Box<dyn PlanBalancer> {
             match (
@@ -63,9 +70,8 @@ pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String
             }
         })
         .collect();
-    let rollout = &plan.strategy.rollout;
-    let waves = planner::waves(&units, rollout);
-    let bound = planner::out_of_service_bound(&units, rollout);
+    let rollout = &policy.strategy.rollout;
+    let planner::Schedule { waves, bound, .. } = planner::Schedule::new(&units, rollout);
     let mut s = String::new();
     let hosts: std::collections::BTreeSet<&str> =
         units.iter().map(|u| u.host.name.as_str()).collect();
@@ -76,6 +82,30 @@ pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String
         units.len(),
         hosts.len(),
         target.unwrap_or("(whole fleet)")
+    );
+    let _ = writeln!(
+        s,
+        "policy: pointer {}{}; lock {}{}{}",
+        policy.pointer,
+        if policy.partial {
+            " (partial: records unit versions, moves no pointer)"
+        } else {
+            ""
+        },
+        policy
+            .lock
+            .as_deref()
+            .map_or("none".to_string(), |l| format!("`{l}`")),
+        if policy.lb_takeout {
+            ""
+        } else {
+            "; in place: no balancer is touched"
+        },
+        if policy.require_message {
+            "; --message required"
+        } else {
+            ""
+        },
     );
     let strategy = match rollout {
         Rollout::Batch(ramp) => format!(
@@ -95,23 +125,23 @@ pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String
     let _ = writeln!(
         s,
         "strategy: {strategy}; at most {bound} out of service; halt after more than {} failure(s)",
-        plan.strategy.max_failures.of_allow_zero(units.len())
+        policy.strategy.max_failures.of_allow_zero(units.len())
     );
-    if plan.strategy.wait_for_all_healthy {
+    if policy.strategy.wait_for_all_healthy {
         let _ = writeln!(
             s,
             "gate: a unit starts only when every unit of the fleet passes its health check (halt after {} closed)",
-            humantime::format_duration(plan.strategy.gate_timeout)
+            humantime::format_duration(policy.strategy.gate_timeout)
         );
     }
-    if !plan.strategy.pause.is_zero() {
+    if !policy.strategy.pause.is_zero() {
         let _ = writeln!(
             s,
             "pause between waves: {}",
-            humantime::format_duration(plan.strategy.pause)
+            humantime::format_duration(policy.strategy.pause)
         );
     }
-    for (lb, spec) in balancers.iter().zip(&plan.load_balancers) {
+    for (lb, spec) in balancers.iter().zip(lb_specs) {
         let method = match &spec.kind {
             LbKind::Haproxy { method, .. } => format!(", method {method:?}").to_lowercase(),
             LbKind::None | LbKind::Embedded { .. } => String::new(),
@@ -152,7 +182,7 @@ pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String
             }
         )
     };
-    for (lb, spec) in balancers.iter().zip(&plan.load_balancers) {
+    for (lb, spec) in balancers.iter().zip(lb_specs) {
         step(
             &mut s,
             format!(
@@ -167,7 +197,7 @@ pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String
             ),
         );
     }
-    let drain = &plan.drain;
+    let drain = &policy.drain;
     let bound_text = format!(
         "at most {}, then {}",
         humantime::format_duration(drain.timeout),
@@ -213,16 +243,16 @@ pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String
             format!("disable {} on {}", lb.member_name(first), lb.label()),
         );
     }
-    for t in &plan.deploy.local {
+    for t in &policy.deploy.local {
         step(&mut s, format!("local: {}", t.render_shell(&vars)));
     }
-    for t in &plan.deploy.run {
+    for t in &policy.deploy.run {
         step(
             &mut s,
             format!("run on {}: {}", first.host.name, t.render_shell(&vars)),
         );
     }
-    if let Some(h) = &plan.health {
+    if let Some(h) = &policy.health {
         let what = match &h.check {
             HealthCheck::Http {
                 url,
@@ -249,7 +279,7 @@ pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String
             ),
         );
     }
-    for (lb, spec) in balancers.iter().zip(&plan.load_balancers).rev() {
+    for (lb, spec) in balancers.iter().zip(lb_specs).rev() {
         step(
             &mut s,
             format!(

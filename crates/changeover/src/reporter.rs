@@ -105,9 +105,9 @@ fn human(elapsed: Duration, event: &Event, quiet: bool) -> Option<String> {
             "{t} interrupted: no new unit starts; units in flight finish their phase and go back in if healthy (Ctrl-C again to stop at once)"
         ),
         Event::Interrupted { hard: true } => format!("{t} stopped at once: units in flight are left where they are"),
-        Event::DeployFinished { outcome, updated, failed, reverted, skipped, untouched, max_out_of_service_seen, units } => {
+        Event::DeployFinished { outcome, updated, failed, reverted, skipped, untouched, current, max_out_of_service_seen, units } => {
             let mut s = format!(
-                "{} after {:.1}s: {updated} updated, {failed} failed, {reverted} put back unchanged, {skipped} skipped, {untouched} untouched; at most {max_out_of_service_seen} out of service at once",
+                "{} after {:.1}s: {updated} updated, {current} already current, {failed} failed, {reverted} put back unchanged, {skipped} skipped, {untouched} untouched; at most {max_out_of_service_seen} out of service at once",
                 match outcome {
                     Outcome::Success => "deploy finished",
                     Outcome::Failed => "DEPLOY FAILED",
@@ -115,7 +115,7 @@ fn human(elapsed: Duration, event: &Event, quiet: bool) -> Option<String> {
                 },
                 elapsed.as_secs_f64()
             );
-            for u in units.iter().filter(|u| u.state != "updated") {
+            for u in units.iter().filter(|u| u.state != "updated" && u.state != "current") {
                 s.push_str(&format!(
                     "\n  {:<12} {:<10} {}{}",
                     u.unit,

@@ -91,7 +91,7 @@ pub struct RawLb {
     pub check_interval: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct RawDrain {
     pub mode: Option<String>,
     pub timeout: Option<String>,
@@ -110,7 +110,7 @@ pub struct RawDeploy {
     pub timeout: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct RawHealth {
     pub http: Option<String>,
     pub tcp: Option<String>,
@@ -123,7 +123,7 @@ pub struct RawHealth {
     pub deadline: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct RawStrategy {
     pub batch: Option<Value>,
     pub window: Option<Value>,
@@ -132,11 +132,9 @@ pub struct RawStrategy {
     pub groups: Option<Value>,
     pub wait_for_all_healthy: Option<bool>,
     pub gate_timeout: Option<String>,
+    pub on_failure: Option<String>,
 }
 
-// lock, lb_takeout and can_unify are accepted now (so a config written for
-// the full SPEC gets no unknown-key warnings) and acted on by later features.
-#[allow(dead_code)]
 #[derive(Debug, Deserialize)]
 pub struct RawTarget {
     #[serde(default)]
@@ -144,14 +142,16 @@ pub struct RawTarget {
     #[serde(default)]
     pub hosts: Vec<String>,
     pub percent: Option<f64>,
+    pub pointer: Option<String>,
     #[serde(default)]
     pub require_message: bool,
     #[serde(default)]
     pub partial: bool,
-    #[serde(default)]
-    pub lock: Option<bool>,
-    #[serde(default)]
+    /// `false`, or the lock's name.
+    pub lock: Option<Value>,
     pub lb_takeout: Option<bool>,
-    #[serde(default)]
     pub can_unify: Option<bool>,
+    pub strategy: Option<RawStrategy>,
+    pub drain: Option<RawDrain>,
+    pub health: Option<RawHealth>,
 }

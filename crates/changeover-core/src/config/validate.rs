@@ -8,13 +8,14 @@ use crate::path;
 use crate::plan::*;
 use crate::template::{Template, PLACEHOLDERS};
 use crate::unit::Host;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use toml::Value;
 
 mod store;
+mod targets;
 
 const LB_KINDS: &[&str] = &[
     "haproxy",
@@ -34,6 +35,10 @@ pub(super) struct Validator<'a> {
     loc: Locator<'a>,
     base_dir: &'a Path,
     errors: Vec<ConfigError>,
+    /// Prepended to every path looked up for an error's location: set while
+    /// a target's `[targets.NAME.strategy]` (etc.) override is checked, so
+    /// the same section checks point into the target's table.
+    prefix: P,
 }
 
 pub(super) type P = Vec<Seg>;
@@ -47,6 +52,7 @@ impl<'a> Validator<'a> {
             loc: Locator::new(text),
             base_dir,
             errors: Vec::new(),
+            prefix: Vec::new(),
         }
     }
 
@@ -111,8 +117,27 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn err(&mut self, path: P, message: impl Into<String>, label: &str, help: impl Into<String>) {
-        let span = self.loc.value(&path);
+    /// Where a value is, inside the current prefix.
+    fn span(&self, path: &[Seg]) -> Option<std::ops::Range<usize>> {
+        if self.prefix.is_empty() {
+            return self.loc.value(path);
+        }
+        let full: Vec<Seg> = self.prefix.iter().chain(path).cloned().collect();
+        // A key inherited from the top level is not in the target's table:
+        // point at the target's table itself.
+        self.loc
+            .value(&full)
+            .or_else(|| self.loc.value(&self.prefix))
+    }
+
+    pub(super) fn err(
+        &mut self,
+        path: P,
+        message: impl Into<String>,
+        label: &str,
+        help: impl Into<String>,
+    ) {
+        let span = self.span(&path);
         self.errors.push(ConfigError::new(
             self.file,
             &self.source,
@@ -158,7 +183,7 @@ impl<'a> Validator<'a> {
         match Template::parse(text, PLACEHOLDERS) {
             Ok(t) => Some(t),
             Err(unknown) => {
-                let value_span = self.loc.value(&path);
+                let value_span = self.span(&path);
                 // Point at the placeholder itself inside the string (after the opening quote).
                 let span = value_span.map(|s| {
                     let start = (s.start + 1 + unknown.start).min(s.end);
@@ -305,12 +330,19 @@ impl<'a> Validator<'a> {
         let hosts = self.hosts(raw.hosts);
         let instances = self.instances(raw.instances);
         let load_balancers = self.load_balancers(raw.load_balancers);
-        let drain = self.drain(raw.drain, &load_balancers, &instances);
+        let drain = self.drain(raw.drain.clone(), &load_balancers, &instances);
         let deploy = self.deploy(raw.deploy);
         let has_health = raw.health.is_some();
-        let health = raw.health.and_then(|h| self.health(h));
-        let strategy = self.strategy(raw.strategy, has_health);
-        let targets = self.targets(raw.targets, &hosts);
+        let health = raw.health.clone().and_then(|h| self.health(h));
+        let strategy = self.strategy(raw.strategy.clone(), has_health);
+        let sections = targets::Sections {
+            drain: raw.drain.clone(),
+            health: raw.health.clone(),
+            strategy: raw.strategy.clone(),
+            load_balancers: load_balancers.clone(),
+            instances,
+        };
+        let targets = self.targets(raw.targets, &hosts, &sections);
         let witness = raw.witness.and_then(|w| self.witness(w));
         self.ports_needed(&load_balancers, &instances, &health, &deploy);
         let state_dir = match raw.state_dir {
@@ -768,14 +800,7 @@ impl<'a> Validator<'a> {
         lbs: &[LbSpec],
         instances: &Instances,
     ) -> Option<DrainSpec> {
-        let raw = raw.unwrap_or(RawDrain {
-            mode: None,
-            timeout: None,
-            on_timeout: None,
-            interval: None,
-            command: None,
-            local_address: None,
-        });
+        let raw = raw.unwrap_or_default();
         let counting = lbs
             .iter()
             .any(|l| matches!(l.kind, LbKind::Haproxy { .. } | LbKind::Embedded { .. }));
@@ -1011,15 +1036,7 @@ impl<'a> Validator<'a> {
     }
 
     fn strategy(&mut self, raw: Option<RawStrategy>, has_health: bool) -> Option<StrategySpec> {
-        let raw = raw.unwrap_or(RawStrategy {
-            batch: None,
-            window: None,
-            max_failures: None,
-            pause: None,
-            groups: None,
-            wait_for_all_healthy: None,
-            gate_timeout: None,
-        });
+        let raw = raw.unwrap_or_default();
         let wait_for_all_healthy = raw.wait_for_all_healthy.unwrap_or(false);
         if wait_for_all_healthy && !has_health {
             self.err(
@@ -1109,7 +1126,17 @@ impl<'a> Validator<'a> {
             Some(v) => self.amount(path!["strategy", "max_failures"], v, true)?,
             None => Amount::Count(0),
         };
+        let on_failure = match self.choice(
+            path!["strategy", "on_failure"],
+            raw.on_failure.as_ref(),
+            &["halt", "rollback"],
+            "halt",
+        ) {
+            "rollback" => OnFailure::Rollback,
+            _ => OnFailure::Halt,
+        };
         Some(StrategySpec {
+            on_failure,
             rollout,
             max_failures,
             pause: self.duration(
@@ -1121,47 +1148,6 @@ impl<'a> Validator<'a> {
             wait_for_all_healthy,
             gate_timeout,
         })
-    }
-
-    fn targets(
-        &mut self,
-        raw: BTreeMap<String, RawTarget>,
-        hosts: &[Arc<Host>],
-    ) -> BTreeMap<String, TargetSpec> {
-        let mut out = BTreeMap::new();
-        for (name, t) in raw {
-            for (i, h) in t.hosts.iter().enumerate() {
-                if !hosts.iter().any(|x| &x.name == h) {
-                    self.err(
-                        path!["targets", name.as_str(), "hosts", i],
-                        format!("target `{name}` names unknown host `{h}`"),
-                        "unknown host",
-                        "list names from the [[hosts]] tables",
-                    );
-                }
-            }
-            if let Some(p) = t.percent {
-                if !(p > 0.0 && p <= 100.0) {
-                    self.err(
-                        path!["targets", name.as_str(), "percent"],
-                        format!("percent = {p} is out of range"),
-                        "out of range",
-                        "a percentage of the target's units, more than 0 and at most 100",
-                    );
-                }
-            }
-            out.insert(
-                name,
-                TargetSpec {
-                    tags: t.tags,
-                    hosts: t.hosts,
-                    percent: t.percent,
-                    require_message: t.require_message,
-                    partial: t.partial,
-                },
-            );
-        }
-        out
     }
 }
 

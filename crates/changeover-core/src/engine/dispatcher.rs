@@ -44,11 +44,12 @@ pub async fn run(
     abort: CancellationToken,
 ) -> Report {
     let total = dep.units.len();
-    let rollout = &dep.plan.strategy.rollout;
-    let waves = planner::waves(&dep.units, rollout);
-    let bound = planner::out_of_service_bound(&dep.units, rollout);
-    let max_failures = dep.plan.strategy.max_failures.of_allow_zero(total);
-    let one_per_host = matches!(rollout, crate::plan::Rollout::Groups(_));
+    let planner::Schedule {
+        waves,
+        bound,
+        one_per_host,
+    } = planner::Schedule::new(&dep.units, &dep.policy.strategy.rollout);
+    let max_failures = dep.policy.strategy.max_failures.of_allow_zero(total);
 
     dep.emit(Event::DeployStarted {
         deploy_id: dep.deploy_id.clone(),
@@ -82,11 +83,18 @@ pub async fn run(
         seq: Arc::new(AtomicU64::new(0)),
         already_out: pf.already_out.clone(),
         bound,
-        done: pf.skipped.len(),
+        done: pf.skipped.len()
+            + pf.current
+                .iter()
+                .filter(|i| !pf.skipped.contains_key(i))
+                .count(),
         out_names: std::collections::BTreeSet::new(),
-        gate: (dep.plan.strategy.wait_for_all_healthy && dep.health.is_some())
+        gate: (dep.policy.strategy.wait_for_all_healthy && dep.health.is_some())
             .then(|| GateState::new(gate::watched(&dep))),
     };
+    for &i in &pf.current {
+        d.states[i] = State::Done(UnitResult::Current);
+    }
     for (&i, reason) in &pf.skipped {
         d.states[i] = State::Done(UnitResult::Skipped {
             reason: reason.clone(),
@@ -102,9 +110,9 @@ pub async fn run(
         if d.halt.is_cancelled() {
             break;
         }
-        if wi > 0 && !dep.plan.strategy.pause.is_zero() {
+        if wi > 0 && !dep.policy.strategy.pause.is_zero() {
             tokio::select! {
-                _ = tokio::time::sleep(dep.plan.strategy.pause) => {}
+                _ = tokio::time::sleep(dep.policy.strategy.pause) => {}
                 _ = stop.cancelled() => { d.interrupt(false); break 'waves; }
                 _ = abort.cancelled() => { d.interrupt(true); break 'waves; }
             }
@@ -173,7 +181,7 @@ pub async fn run(
                 .gate
                 .as_ref()
                 .and_then(|g| g.held_since)
-                .map(|since| since + dep.plan.strategy.gate_timeout);
+                .map(|since| since + dep.policy.strategy.gate_timeout);
             if tasks.is_empty() && !gate_pending {
                 if queue.is_empty() || d.halt.is_cancelled() {
                     break;
@@ -358,7 +366,7 @@ impl Dispatch {
     }
 
     fn on_gate(&mut self, unhealthy: Vec<GateUnit>) {
-        let gate_timeout = self.dep.plan.strategy.gate_timeout;
+        let gate_timeout = self.dep.policy.strategy.gate_timeout;
         let Some(g) = self.gate.as_mut() else { return };
         let held = g.held_since.map_or(Duration::ZERO, |t| t.elapsed());
         if unhealthy.is_empty() {
@@ -392,7 +400,7 @@ impl Dispatch {
     /// The gate held starts back for `gate_timeout`: halt, naming what was
     /// unhealthy at the last check.
     fn gate_timed_out(&mut self) {
-        let gate_timeout = self.dep.plan.strategy.gate_timeout;
+        let gate_timeout = self.dep.policy.strategy.gate_timeout;
         let Some(g) = self.gate.as_ref() else { return };
         let held = g.held_since.map_or(Duration::ZERO, |t| t.elapsed());
         let what = if g.unhealthy.is_empty() {
@@ -540,7 +548,7 @@ impl Dispatch {
     }
 
     fn summary(self) -> Report {
-        let mut counts = [0usize; 5];
+        let mut counts = [0usize; 6];
         let units: Vec<UnitSummary> = self
             .states
             .iter()
@@ -557,6 +565,7 @@ impl Dispatch {
                     ),
                     State::Done(UnitResult::Updated) => ("updated", true, None, 0),
                     State::Done(UnitResult::Reverted) => ("reverted", true, None, 2),
+                    State::Done(UnitResult::Current) => ("current", true, None, 5),
                     State::Done(UnitResult::Skipped { reason }) => {
                         ("skipped", false, Some(reason.clone()), 3)
                     }
@@ -603,6 +612,7 @@ impl Dispatch {
             reverted: counts[2],
             skipped: counts[3],
             untouched: counts[4],
+            current: counts[5],
             max_out_of_service_seen: self.max_out_seen,
             units: units.clone(),
         });

@@ -49,7 +49,7 @@ pub(crate) async fn check(
     delay: Duration,
 ) -> Vec<GateUnit> {
     tokio::time::sleep(delay).await;
-    let (Some(probe), Some(spec)) = (dep.health.clone(), dep.plan.health.as_ref()) else {
+    let (Some(probe), Some(spec)) = (dep.health.clone(), dep.policy.health.as_ref()) else {
         return Vec::new();
     };
     let limit = spec.timeout;

@@ -15,7 +15,7 @@ use crate::event::{Event, EventSink};
 use crate::health::HealthProbe;
 use crate::journal::Journal;
 use crate::lb::LoadBalancer;
-use crate::plan::Plan;
+use crate::plan::{Plan, Policy};
 use crate::remote::Remote;
 use crate::unit::Unit;
 use std::collections::BTreeSet;
@@ -25,6 +25,10 @@ use tokio::time::Instant;
 /// Everything one deploy needs, wired by the binary (or a benchmark).
 pub struct Deployment {
     pub plan: Arc<Plan>,
+    /// How this rollout behaves: the target's policy (the top-level
+    /// sections with the target's overrides). The engine reads this, never
+    /// `plan.strategy` and the like.
+    pub policy: Policy,
     /// The units to roll, in stable order (`Unit::index` = position).
     pub units: Vec<Arc<Unit>>,
     /// Take-out runs through them in order, put-back in reverse.

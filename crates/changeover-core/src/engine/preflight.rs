@@ -19,6 +19,9 @@ pub struct Preflight {
     pub before: Vec<Vec<Option<MemberStatus>>>,
     /// Notes about forced hosts, for the report.
     pub notes: Vec<String>,
+    /// Units already on the version being deployed and serving: not touched
+    /// (filled by the caller from the store, after the preflight).
+    pub current: BTreeSet<usize>,
 }
 
 impl Preflight {
@@ -46,7 +49,7 @@ pub async fn preflight(dep: &Deployment) -> Preflight {
 
     // The whole fleet's SSH first: one connect check per host, bounded by the
     // remote's own connection limit.
-    if dep.plan.uses_ssh() {
+    if dep.policy.uses_ssh(&dep.plan.load_balancers) {
         let mut hosts: Vec<&Host> = Vec::new();
         let mut seen = BTreeSet::new();
         for u in &dep.units {

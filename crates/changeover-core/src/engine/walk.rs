@@ -195,7 +195,7 @@ impl Walk {
     }
 
     async fn drain(&self) -> Result<(), Failure> {
-        let spec = &self.dep.plan.drain;
+        let spec = &self.dep.policy.drain;
         let deadline = Instant::now() + spec.timeout;
         let mut last_sessions: Option<u64> = None;
         // Why the last count could not be taken (a slow or broken SSH
@@ -357,7 +357,7 @@ impl Walk {
     }
 
     async fn steps(&self) -> Result<(), Failure> {
-        let deploy = &self.dep.plan.deploy;
+        let deploy = &self.dep.policy.deploy;
         let vars = self.vars();
         let local = deploy.local.iter().map(|t| (t, &self.dep.local, "local"));
         let remote = deploy.run.iter().map(|t| (t, &self.dep.remote, "run"));
@@ -399,7 +399,7 @@ impl Walk {
     }
 
     async fn health(&self) -> Result<(), Failure> {
-        let spec = self.dep.plan.health.as_ref().expect("checked by caller");
+        let spec = self.dep.policy.health.as_ref().expect("checked by caller");
         let probe = self.dep.health.as_ref().expect("checked by caller");
         let deadline = Instant::now() + spec.deadline;
         let mut passes = 0;

@@ -58,6 +58,7 @@ pub fn fixture(plan: Arc<Plan>, remote: SimRemote, probe: SimProbe, forced: &[&s
     let remote = Arc::new(remote);
     let dep = Arc::new(Deployment {
         units: plan.units(),
+        policy: plan.target(None).expect("fleet").policy,
         plan,
         balancers: vec![lb.clone()],
         remote: remote.clone(),

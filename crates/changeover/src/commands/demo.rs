@@ -5,11 +5,12 @@
 //! then restarts the same instances without taking them out, with the same
 //! witness, so the difference is there to see.
 
+use super::execute::{execute, Kind, Request};
+use super::Ctx;
 use crate::cli::{DemoArgs, DemoCtlArgs};
 use crate::reporter::Reporter;
-use crate::{exit, watch_signals, wiring, witnessing};
+use crate::{exit, watch_signals, witnessing};
 use changeover_core::config;
-use changeover_core::engine;
 use changeover_core::event::{Event, EventSink, Outcome, Phase};
 use changeover_core::template::shell_quote;
 use std::collections::BTreeMap;
@@ -102,38 +103,33 @@ impl Demo {
             }
         };
         let timeline = Arc::new(Timeline::new(Reporter { json, quiet }));
-        let dep = match wiring::deployment(&plan, None, "v2", &[], timeline.clone()).await {
-            Ok(d) => Arc::new(d),
-            Err(e) => {
-                eprintln!("error: demo: {e}");
-                return exit::FAILED;
-            }
-        };
         eprintln!(
             "balancer: http://127.0.0.1:{}/ — rolling v1 → v2 with {} req/s of witness traffic\n",
             self.lb_port, args.rps
         );
-
-        let pf = engine::preflight(&dep).await;
-        wiring::report_preflight(&dep, &pf);
-        if !pf.go() {
-            return exit::NO_GO;
-        }
-        let witness_spec = plan.witness.clone().expect("the demo config has a witness");
-        let witness = match witnessing::start(&witness_spec, &dep) {
-            Ok(w) => w,
-            Err(e) => {
-                eprintln!("error: demo: {e}");
-                return exit::FAILED;
-            }
+        let ctx = Ctx {
+            plan: Arc::clone(&plan),
+            events: timeline.clone(),
+            json,
+            quiet,
         };
-        let started = Instant::now();
+        let req = Request {
+            kind: Kind::Deploy,
+            target: None,
+            version: Some("v2".into()),
+            message: Some("changeover demo".into()),
+            force: Vec::new(),
+            redeploy: false,
+            lock_wait: None,
+        };
         let stop = CancellationToken::new();
-        let abort = CancellationToken::new();
-        let signals = tokio::spawn(watch_signals(stop.clone(), abort.clone()));
-        let report = engine::run(Arc::clone(&dep), &pf, stop.clone(), abort).await;
-        let wall = started.elapsed();
-        let seen = witness.finish(&dep).await;
+        let done = execute(&ctx, req).await;
+        let (Some(report), Some(dep), Some(seen)) = (done.report, done.dep, done.witness) else {
+            return done.exit;
+        };
+        let wall = done.wall;
+        let witness_spec = plan.witness.clone().expect("the demo config has a witness");
+        let signals = tokio::spawn(watch_signals(stop.clone(), CancellationToken::new()));
         let updated = report.units.iter().filter(|u| u.state == "updated").count();
 
         let naive = if args.compare_naive && report.outcome == Outcome::Success {

@@ -1,32 +1,50 @@
-//! From a validated plan to a [`Deployment`]: choose and build the adapters.
+//! From a validated plan and a resolved target to a [`Deployment`]: choose
+//! and build the adapters (the factory; the binary only wires).
 
-use changeover_adapters::health::{command::CommandProbe, http::HttpProbe, tcp::TcpProbe};
-use changeover_adapters::lb::embedded::{EmbeddedLb, EmbeddedOptions};
-use changeover_adapters::lb::haproxy::{self, HaproxyLb};
-use changeover_adapters::lb::{none::NoBalancer, per_host::PerHostLb};
-use changeover_adapters::remote::{local::LocalRemote, ssh};
-use changeover_core::engine::{Deployment, Preflight};
-use changeover_core::event::{Event, EventSink};
+use crate::health::{command::CommandProbe, http::HttpProbe, tcp::TcpProbe};
+use crate::lb::embedded::{EmbeddedLb, EmbeddedOptions};
+use crate::lb::haproxy::{self, HaproxyLb};
+use crate::lb::{none::NoBalancer, per_host::PerHostLb};
+use crate::remote::{local::LocalRemote, ssh};
+use changeover_core::engine::Deployment;
+use changeover_core::event::EventSink;
 use changeover_core::health::HealthProbe;
-use changeover_core::journal::FileJournal;
+use changeover_core::journal::{Journal, MemoryJournal};
 use changeover_core::lb::LoadBalancer;
-use changeover_core::plan::{HaproxySocket, HealthCheck, LbKind, LbMethod, LbScope, LbSpec, Plan};
+use changeover_core::plan::{
+    HaproxySocket, HealthCheck, HealthSpec, LbKind, LbMethod, LbScope, LbSpec, Plan, Target,
+};
 use changeover_core::remote::Remote;
 use changeover_core::template::Vars;
 use changeover_core::unit::{Host, Unit};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+/// What a rollout is asked to do, beyond the plan and the target.
+pub struct RolloutArgs<'a> {
+    pub deploy_id: String,
+    pub version: String,
+    /// `{previous_version}`: the pointer's current before this run.
+    pub previous_version: String,
+    pub force: &'a [String],
+    pub events: Arc<dyn EventSink>,
+    /// Where balancer changes are written before they are made; `None`
+    /// (check) writes nothing.
+    pub journal: Option<Arc<dyn Journal>>,
+}
+
+/// Build the adapters for a rollout of `target`: the remote (SSH when the
+/// policy runs anything on the hosts), the balancers (none when the target
+/// deploys in place), the health probe.
 pub async fn deployment(
     plan: &Arc<Plan>,
-    target: Option<&str>,
-    version: &str,
-    force: &[String],
-    events: Arc<dyn EventSink>,
+    target: &Target,
+    args: RolloutArgs<'_>,
 ) -> Result<Deployment, String> {
-    let units = plan.select(target)?;
+    let units = target.units.clone();
+    let policy = target.policy.clone();
     let local: Arc<dyn Remote> = Arc::new(LocalRemote::new());
-    let remote: Arc<dyn Remote> = if plan.uses_ssh() {
+    let remote: Arc<dyn Remote> = if policy.uses_ssh(&plan.load_balancers) {
         Arc::new(ssh::SshRemote::new(ssh::SshOptions {
             config_file: plan.ssh.config_file.clone(),
             user: plan.ssh.user.clone(),
@@ -38,42 +56,30 @@ pub async fn deployment(
         Arc::clone(&local)
     };
     let mut balancers = Vec::new();
-    for spec in &plan.load_balancers {
-        balancers.push(balancer(spec, &units, &remote, &local).await?);
-    }
-    let health = plan.health.as_ref().map(|h| -> Arc<dyn HealthProbe> {
-        match &h.check {
-            HealthCheck::Http {
-                url,
-                expect_status,
-                expect_body,
-            } => Arc::new(HttpProbe::new(
-                url.clone(),
-                *expect_status,
-                expect_body.clone(),
-                h.timeout,
-            )),
-            HealthCheck::Tcp { address } => Arc::new(TcpProbe::new(address.clone(), h.timeout)),
-            HealthCheck::Command(t) => {
-                Arc::new(CommandProbe::new(Arc::clone(&remote), t.clone(), h.timeout))
-            }
+    if policy.lb_takeout {
+        for spec in &plan.load_balancers {
+            balancers.push(balancer(spec, &units, &remote, &local).await?);
         }
-    });
-    let journal = FileJournal::open(&plan.state_dir).map_err(|e| e.to_string())?;
+    }
+    let health = policy.health.as_ref().map(|h| health_probe(h, &remote));
     Ok(Deployment {
         plan: Arc::clone(plan),
+        policy,
         units,
         balancers,
         remote,
         local,
         health,
-        journal: Arc::new(journal),
-        events,
-        deploy_id: deploy_id(),
-        version: version.to_string(),
-        previous_version: String::new(),
-        target: target.map(str::to_string),
-        forced: force
+        journal: args
+            .journal
+            .unwrap_or_else(|| Arc::new(MemoryJournal::default())),
+        events: args.events,
+        deploy_id: args.deploy_id,
+        version: args.version,
+        previous_version: args.previous_version,
+        target: target.name.clone(),
+        forced: args
+            .force
             .iter()
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
@@ -81,6 +87,26 @@ pub async fn deployment(
         started: tokio::time::Instant::now(),
         external_halt: Default::default(),
     })
+}
+
+/// The probe for a `[health]` section.
+pub fn health_probe(h: &HealthSpec, remote: &Arc<dyn Remote>) -> Arc<dyn HealthProbe> {
+    match &h.check {
+        HealthCheck::Http {
+            url,
+            expect_status,
+            expect_body,
+        } => Arc::new(HttpProbe::new(
+            url.clone(),
+            *expect_status,
+            expect_body.clone(),
+            h.timeout,
+        )),
+        HealthCheck::Tcp { address } => Arc::new(TcpProbe::new(address.clone(), h.timeout)),
+        HealthCheck::Command(t) => {
+            Arc::new(CommandProbe::new(Arc::clone(remote), t.clone(), h.timeout))
+        }
+    }
 }
 
 /// Build one balancer. HAProxy and "none" touch no network here; the
@@ -195,41 +221,4 @@ pub fn offline_balancer(
             ))
         }
     })
-}
-
-fn deploy_id() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format!("{secs}-{}", std::process::id())
-}
-
-pub fn host_count(dep: &Deployment) -> usize {
-    dep.units
-        .iter()
-        .map(|u| u.host.name.as_str())
-        .collect::<BTreeSet<_>>()
-        .len()
-}
-
-pub fn report_preflight(dep: &Deployment, pf: &Preflight) {
-    dep.events.emit(
-        dep.started.elapsed(),
-        Event::Preflight {
-            ok: pf.go(),
-            hosts: host_count(dep),
-            problems: pf.problems.clone(),
-            skipped: pf.skipped.values().cloned().collect(),
-        },
-    );
-    for note in &pf.notes {
-        eprintln!("note: {note}");
-    }
-    if !pf.go() {
-        eprintln!("preflight: no-go, {} problem(s):", pf.problems.len());
-        for p in &pf.problems {
-            eprintln!("  - {p}");
-        }
-    }
 }

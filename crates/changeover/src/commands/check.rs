@@ -1,0 +1,50 @@
+//! `changeover check [TARGET]`: validate, resolve the fleet, reach every host
+//! and balancer, go/no-go. Writes nothing (no journal, no store).
+
+use super::{host_count, report_preflight, Ctx};
+use crate::exit;
+use changeover_adapters::wiring::{self, RolloutArgs};
+use changeover_core::engine;
+
+pub async fn run(ctx: &Ctx, target: Option<String>) -> u8 {
+    let target = match ctx.plan.target(target.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let dep = match wiring::deployment(
+        &ctx.plan,
+        &target,
+        RolloutArgs {
+            deploy_id: "check".into(),
+            version: "check".into(),
+            previous_version: String::new(),
+            force: &[],
+            events: ctx.events.clone(),
+            journal: None,
+        },
+    )
+    .await
+    {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let pf = engine::preflight(&dep).await;
+    dep.remote.close().await;
+    report_preflight(&dep, &pf);
+    if pf.go() {
+        eprintln!(
+            "go: {} unit(s) on {} host(s) ready to deploy",
+            dep.units.len() - pf.skipped.len(),
+            host_count(&dep)
+        );
+        exit::OK
+    } else {
+        exit::NO_GO
+    }
+}

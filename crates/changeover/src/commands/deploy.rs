@@ -1,0 +1,25 @@
+//! `changeover deploy [TARGET] --version V`.
+
+use super::execute::{execute, Kind, Request};
+use super::Ctx;
+use crate::cli::RunArgs;
+
+pub async fn run(
+    ctx: &Ctx,
+    target: Option<String>,
+    version: String,
+    run: RunArgs,
+    force: Vec<String>,
+    redeploy: bool,
+) -> u8 {
+    let req = Request {
+        kind: Kind::Deploy,
+        target,
+        version: Some(version),
+        message: run.message,
+        force,
+        redeploy,
+        lock_wait: run.lock_wait,
+    };
+    execute(ctx, req).await.exit
+}
