@@ -3,6 +3,7 @@
 //! - [`local`]: files under `state_dir` (the default)
 //! - [`etcd`]: an etcd v3 cluster, spoken to through its JSON gateway
 
+pub mod etcd;
 pub mod local;
 
 use changeover_core::plan::StoreSpec;
@@ -14,9 +15,6 @@ use std::sync::Arc;
 pub async fn open(spec: &StoreSpec) -> Result<Arc<dyn Store>, StoreError> {
     match spec {
         StoreSpec::Local { dir } => Ok(Arc::new(local::LocalStore::new(dir))),
-        StoreSpec::Etcd(_) => Err(StoreError::Denied {
-            store: "etcd".into(),
-            message: "the etcd store is not available in this version".into(),
-        }),
+        StoreSpec::Etcd(spec) => Ok(Arc::new(etcd::EtcdStore::connect(spec).await?)),
     }
 }
