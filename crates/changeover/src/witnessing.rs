@@ -50,7 +50,7 @@ pub fn start(spec: &WitnessSpec, dep: &Deployment) -> Result<Running, String> {
                     ));
                 }
             }
-            if n % 20 == 0 {
+            if n.is_multiple_of(20) {
                 events.emit(
                     started.elapsed(),
                     Event::WitnessProgress {

@@ -127,7 +127,7 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 /// `2s`, `1.5s`, `300ms`: short enough for a one-line reason.
 pub(crate) fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms >= 1000 && ms % 1000 == 0 {
+    if ms >= 1000 && ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else if ms >= 1000 {
         format!("{}s", d.as_secs_f64())

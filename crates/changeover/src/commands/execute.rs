@@ -143,11 +143,32 @@ pub async fn execute(ctx: &Ctx, req: Request) -> Executed {
     {
         eprintln!("on_failure = \"rollback\": bringing every unit of {label} back to the pointer's current version (unify)");
         let unify_id = state::new_deploy_id();
+        // The units the failure left out go back too if the old version is
+        // healthy there: for the unify they are "already out", as --force
+        // says, not a reason for a no-go.
+        let mut force = req.force.clone();
+        force.extend(
+            result
+                .report
+                .iter()
+                .flat_map(|r| &r.units)
+                .filter(|u| !u.in_rotation)
+                .map(|u| u.host.clone()),
+        );
+        let again = Request {
+            kind: Kind::Unify,
+            target: req.target.clone(),
+            version: None,
+            message: req.message.clone(),
+            force,
+            redeploy: false,
+            lock_wait: None,
+        };
         let second = run_once(
             ctx,
             &store,
             &target,
-            &req,
+            &again,
             Kind::Unify,
             &unify_id,
             &holder,

@@ -21,7 +21,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_changeover");
 const APP_CTL: &str = r#"#!/bin/sh
 set -eu
 dir=$1 listen=$2 version=$3
-if [ -e "$dir/fail-deploy" ]; then
+if [ -e "$dir/fail-deploy" ] || [ -e "$dir/fail-deploy-$version" ]; then
   echo "switching to $version: artifact checksum mismatch" >&2
   exit 3
 fi
@@ -42,6 +42,8 @@ if [ -f "$dir/app.pid" ]; then
   fi
   rm -f "$dir/app.pid"
 fi
+# Deploys (not the test's own starts) are counted, one line per version.
+if [ -n "${DEPLOY_COUNT:-}" ]; then echo "$version" >> "$dir/deploys"; fi
 setsid "$CHANGEOVER_BIN" demo-app --listen "$listen" --version "$version" \
   --boot-time "$BOOT_TIME" --think-time 5ms --unhealthy-file "$dir/unhealthy-$version" \
   >>"$dir/app.log" 2>&1 </dev/null &
@@ -85,7 +87,7 @@ impl AppCtl {
     /// product's placeholders (`{host}`, `{address}:{port}`, …).
     pub fn run_step(&self, app_dir: &str, listen: &str) -> String {
         format!(
-            "CHANGEOVER_BIN={BIN} BOOT_TIME={boot} {ctl} {app_dir} {listen} {{version}}",
+            "DEPLOY_COUNT=1 CHANGEOVER_BIN={BIN} BOOT_TIME={boot} {ctl} {app_dir} {listen} {{version}}",
             boot = self.boot_time,
             ctl = self.path.display(),
         )
@@ -234,6 +236,22 @@ impl Fleet {
                 http_get(format!("{address}:{}", self.port).parse().unwrap(), "/")
                     .unwrap_or_else(|e| format!("<{e}>"))
             })
+            .collect()
+    }
+
+    /// The versions deployed to host `i` by changeover's step, in order.
+    pub fn deploys(&self, i: usize) -> Vec<String> {
+        std::fs::read_to_string(self.app_dir(i).join("deploys"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Every host's deploy count.
+    pub fn deploy_counts(&self) -> Vec<usize> {
+        (0..self.hosts.len())
+            .map(|i| self.deploys(i).len())
             .collect()
     }
 

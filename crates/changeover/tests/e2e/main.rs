@@ -4,6 +4,7 @@
 mod fleet;
 mod frontend;
 mod gate;
+mod lifecycle;
 
 use changeover_testkit::load::{LoadGen, LoadOptions};
 use fleet::{changeover, Fleet, OutSampler};
