@@ -443,3 +443,27 @@ fn a_manual_lock_held_by_someone_else_refuses_a_deploy() {
     ok(&config, &["deploy", "--version", "v2"]);
     assert_eq!(fleet.deploys(0), ["v2"]);
 }
+
+#[test]
+fn lifecycle_with_the_etcd_store_over_tls() {
+    let etcd = changeover_testkit::etcd::Etcd::builder().tls().start();
+    let tls = etcd.tls_files().expect("tls");
+    let store = format!(
+        "[store]\nkind = \"etcd\"\nendpoints = [\"{}\"]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        etcd.endpoint(),
+        tls.ca_file.display(),
+        tls.client_cert.display(),
+        tls.client_key.display()
+    );
+    let fleet = Fleet::builder(10).start();
+    lifecycle(&store, &fleet);
+    // The state is in etcd under the documented layout, not in state_dir.
+    let keys = etcd.etcdctl(&["get", "--prefix", "--keys-only", "/changeover/testapp/"]);
+    for key in ["pointers/production", "units/web-1", "history/"] {
+        assert!(
+            keys.contains(&format!("/changeover/testapp/{key}")),
+            "{key} missing in etcd: {keys}"
+        );
+    }
+    assert!(!fleet.dir.path().join("state/pointers").exists());
+}
