@@ -317,19 +317,36 @@ impl Inner {
         })))
     }
 
+    /// Whether a live process holds the flock of lock `name`. Creates
+    /// nothing: a lock file that does not exist was never held (read-only
+    /// commands leave no trace).
+    fn holder_alive(&self, name: &str) -> Result<bool, StoreError> {
+        let path = self.path(&format!("lock/{name}.flock"))?;
+        let file = match OpenOptions::new().write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(self.err(format!("cannot open {}: {e}", path.display()))),
+        };
+        match file.try_lock() {
+            Ok(()) => Ok(false),
+            Err(TryLockError::WouldBlock) => Ok(true),
+            Err(TryLockError::Error(e)) => Err(self.err(format!("cannot lock {name}: {e}"))),
+        }
+    }
+
     fn lock_status(&self, name: &str) -> Result<Option<LockRecord>, StoreError> {
         let Some((rec, _)) = self.record(name)? else {
-            return match self.try_flock(name)? {
-                Some(_) => Ok(None),
-                None => Ok(Some(self.live_record(name)?)),
+            return match self.holder_alive(name)? {
+                false => Ok(None),
+                true => Ok(Some(self.live_record(name)?)),
             };
         };
         if rec.kind == LockKind::Manual {
             return Ok(Some(rec));
         }
-        match self.try_flock(name)? {
-            Some(_free) => Ok(None),
-            None => Ok(Some(rec)),
+        match self.holder_alive(name)? {
+            false => Ok(None),
+            true => Ok(Some(rec)),
         }
     }
 

@@ -467,3 +467,57 @@ fn lifecycle_with_the_etcd_store_over_tls() {
     }
     assert!(!fleet.dir.path().join("state/pointers").exists());
 }
+
+/// Every file under `dir` with its length and modification time.
+fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+            out.push((e.path(), m.len(), m.modified().unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn read_only_commands_write_nothing() {
+    let fleet = Fleet::builder(2).start();
+    let config = fleet.config(None, "[targets.canary]\nhosts = [\"web-1\"]\n");
+    let state = fleet.dir.path().join("state");
+    let read_only: [&[&str]; 7] = [
+        &["check"],
+        &["check", "canary"],
+        &["plan", "--version", "v2"],
+        &["status"],
+        &["status", "canary", "--json"],
+        &["history"],
+        &["lock", "status"],
+    ];
+    for args in read_only {
+        ok(&config, args);
+    }
+    assert!(
+        !state.exists(),
+        "a read-only command created {}: {:?}",
+        state.display(),
+        snapshot(&state)
+    );
+    ok(&config, &["deploy", "--version", "v2"]);
+    let before = snapshot(&state);
+    assert!(!before.is_empty());
+    std::thread::sleep(Duration::from_millis(20));
+    for args in read_only {
+        ok(&config, args);
+    }
+    assert_eq!(
+        snapshot(&state),
+        before,
+        "a read-only command changed the state"
+    );
+}
