@@ -226,6 +226,28 @@ pub fn lifecycle(store: &str, fleet: &Fleet) {
         assert_eq!(u["health"]["ok"], true, "{u}");
         assert_eq!(u["balancers"][0]["serving"], true, "{u}");
     }
+    // Everything is on v1 already: nothing is touched, unless --redeploy.
+    let before = fleet.deploy_counts();
+    ok(
+        &config,
+        &["deploy", "production", "--version", "v1", "-m", "again"],
+    );
+    assert_eq!(
+        fleet.deploy_counts(),
+        before,
+        "units already current were touched"
+    );
+    ok(
+        &config,
+        &["deploy", "production10", "--version", "v1", "--redeploy"],
+    );
+    let mut want = before.clone();
+    want[0] += 1;
+    assert_eq!(
+        fleet.deploy_counts(),
+        want,
+        "--redeploy touches the current unit"
+    );
     for (what, took) in &timings {
         eprintln!("timing: {what}: {:.2}s", took.as_secs_f64());
     }
@@ -520,4 +542,46 @@ fn read_only_commands_write_nothing() {
         before,
         "a read-only command changed the state"
     );
+}
+
+#[test]
+fn a_deploy_that_loses_its_etcd_lock_halts() {
+    let etcd = changeover_testkit::etcd::Etcd::builder().start();
+    let fleet = Fleet::builder(3).start();
+    let config = slow_config(
+        &fleet,
+        &format!(
+            "\n[store]\nkind = \"etcd\"\nendpoints = [\"{}\"]\nlock_ttl = \"3s\"\n",
+            etcd.endpoint()
+        ),
+    );
+    let first = {
+        let config = config.clone();
+        std::thread::spawn(move || changeover(&config, &["deploy", "--version", "v2"]))
+    };
+    wait_for_lock(&config);
+    // Someone takes the lock away (its lease is revoked).
+    let out = std::process::Command::new(crate::fleet::BIN)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "lock",
+            "release",
+            "--force",
+        ])
+        .env("USER", "bob")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = first.join().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lost the deploy lock"), "{err}");
+    // It halted before the end: not every host got v2, and everything is back in.
+    assert!(fleet.versions().iter().any(|v| v == "v1"), "{err}");
+    for (name, _) in &fleet.hosts {
+        fleet
+            .haproxy
+            .wait_for_status(name, "UP", Duration::from_secs(5));
+    }
 }
