@@ -1,9 +1,8 @@
 //! `changeover check [TARGET]`: validate, resolve the fleet, reach every host
 //! and balancer, go/no-go. Writes nothing (no journal, no store).
 
-use super::{host_count, report_preflight, Ctx};
+use super::{host_count, read_only_deployment, report_preflight, Ctx};
 use crate::exit;
-use changeover_adapters::wiring::{self, RolloutArgs};
 use changeover_core::engine;
 
 pub async fn run(ctx: &Ctx, target: Option<String>) -> u8 {
@@ -14,25 +13,9 @@ pub async fn run(ctx: &Ctx, target: Option<String>) -> u8 {
             return exit::USAGE;
         }
     };
-    let dep = match wiring::deployment(
-        &ctx.plan,
-        &target,
-        RolloutArgs {
-            deploy_id: "check".into(),
-            version: "check".into(),
-            previous_version: String::new(),
-            force: &[],
-            events: ctx.events.clone(),
-            journal: None,
-        },
-    )
-    .await
-    {
+    let dep = match read_only_deployment(ctx, &target, "check").await {
         Ok(d) => d,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
+        Err(code) => return code,
     };
     let pf = engine::preflight(&dep).await;
     dep.remote.close().await;

@@ -74,6 +74,20 @@ impl Executed {
     }
 }
 
+/// `rollback` and `unify`: the version comes from the pointer.
+pub async fn roll(ctx: &Ctx, kind: Kind, target: Option<String>, run: crate::cli::RunArgs) -> u8 {
+    let req = Request {
+        kind,
+        target,
+        version: None,
+        message: run.message,
+        force: Vec::new(),
+        redeploy: false,
+        lock_wait: run.lock_wait,
+    };
+    execute(ctx, req).await.exit
+}
+
 pub async fn execute(ctx: &Ctx, req: Request) -> Executed {
     let target = match ctx.plan.target(req.target.as_deref()) {
         Ok(t) => t,

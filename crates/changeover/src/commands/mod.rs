@@ -15,9 +15,11 @@ pub mod unify;
 
 use crate::exit;
 use changeover_adapters::store;
+use changeover_adapters::wiring::{self, RolloutArgs};
 use changeover_core::engine::{Deployment, Preflight};
 use changeover_core::event::{Event, EventSink};
 use changeover_core::plan::Plan;
+use changeover_core::plan::Target;
 use changeover_core::store::Store;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -66,6 +68,32 @@ impl Ctx {
             exit::NO_GO
         })
     }
+}
+
+/// The adapters for a command that only reads (check, status): no journal,
+/// no store, nothing written.
+pub async fn read_only_deployment(
+    ctx: &Ctx,
+    target: &Target,
+    what: &str,
+) -> Result<Deployment, u8> {
+    wiring::deployment(
+        &ctx.plan,
+        target,
+        RolloutArgs {
+            deploy_id: what.into(),
+            version: String::new(),
+            previous_version: String::new(),
+            force: &[],
+            events: ctx.events.clone(),
+            journal: None,
+        },
+    )
+    .await
+    .map_err(|e| {
+        eprintln!("error: {e}");
+        exit::USAGE
+    })
 }
 
 pub fn host_count(dep: &Deployment) -> usize {

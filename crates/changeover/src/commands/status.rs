@@ -2,9 +2,8 @@
 //! health probe and the recorded version; the pointer, the lock, a deploy in
 //! progress. Read-only: nothing is written, no journal is opened.
 
-use super::Ctx;
+use super::{read_only_deployment, Ctx};
 use crate::exit;
-use changeover_adapters::wiring::{self, RolloutArgs};
 use changeover_core::state;
 use futures::future::join_all;
 use serde_json::json;
@@ -50,25 +49,9 @@ pub async fn run(ctx: &Ctx, target: Option<String>) -> u8 {
     // where each unit is.
     let mut full = target.clone();
     full.policy.lb_takeout = true;
-    let dep = match wiring::deployment(
-        &ctx.plan,
-        &full,
-        RolloutArgs {
-            deploy_id: "status".into(),
-            version: String::new(),
-            previous_version: String::new(),
-            force: &[],
-            events: ctx.events.clone(),
-            journal: None,
-        },
-    )
-    .await
-    {
+    let dep = match read_only_deployment(ctx, &full, "status").await {
         Ok(d) => d,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
+        Err(code) => return code,
     };
     let units: Vec<&changeover_core::unit::Unit> = dep.units.iter().map(|u| u.as_ref()).collect();
     let mut per_lb = Vec::new();
