@@ -562,12 +562,19 @@ async fn concurrent_writers(h: Harness) {
     const TASKS: usize = 8;
     const EACH: u64 = 25;
     let key = "units/counter";
+    // A store of its own per writer (for etcd: its own connection and
+    // login), all connected before any writes, so that they all race.
+    let mut stores = Vec::new();
+    for _ in 0..TASKS {
+        stores.push(h.store().await);
+    }
+    let start = Arc::new(tokio::sync::Barrier::new(TASKS));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..TASKS {
-        // A store of its own per writer (for etcd: its own connection and login).
-        let s = h.store().await;
+    for s in stores {
+        let start = Arc::clone(&start);
         tasks.push(tokio::spawn(async move {
+            start.wait().await;
             let mut conflicts = 0u64;
             for _ in 0..EACH {
                 loop {
@@ -597,7 +604,8 @@ async fn concurrent_writers(h: Harness) {
         .as_u64()
         .unwrap();
     eprintln!(
-        "concurrent writers: {n} increments, {conflicts} refused writes retried, {:?}",
+        "{}: concurrent writers: {n} increments, {conflicts} refused writes retried, {:?}",
+        s.describe(),
         started.elapsed()
     );
     assert_eq!(n, TASKS as u64 * EACH, "every increment counted once");
@@ -657,6 +665,15 @@ async fn killed_holder_frees_deploy_lock(h: Harness) {
         Some(a.pid())
     );
     let pid = a.pid();
+    if h.is_etcd() {
+        // A live holder process keeps its lease past the TTL.
+        tokio::time::sleep(LOCK_TTL * 2).await;
+        assert_eq!(
+            s.lock_status("deploy").await.unwrap().map(|r| r.pid),
+            Some(pid),
+            "the live holder renewed its lease"
+        );
+    }
     a.kill9();
     let killed = Instant::now();
 
@@ -706,7 +723,10 @@ async fn killed_holder_frees_deploy_lock(h: Harness) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let freed = killed.elapsed();
-    eprintln!("killed holder's deploy lock freed {freed:?} after SIGKILL (TTL {LOCK_TTL:?})");
+    eprintln!(
+        "{}: killed holder's deploy lock freed {freed:?} after SIGKILL (TTL {LOCK_TTL:?})",
+        s.describe()
+    );
     assert!(freed >= Duration::from_millis(300));
     held(
         s.acquire(&record("deploy", LockKind::Deploy))
@@ -868,7 +888,8 @@ async fn break_lock_of_live_deploy_holder(h: Harness) {
         .await
         .expect("the broken holder's lost() fires within the TTL");
     eprintln!(
-        "broken holder's lost() fired {:?} after break_lock",
+        "{}: broken holder's lost() fired {:?} after break_lock",
+        s.describe(),
         broken.elapsed()
     );
     // Releasing the old guard does not free the new holder's lock.

@@ -287,7 +287,8 @@ impl Etcd {
         cmd.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoint()))
             .arg("--dial-timeout=2s")
-            .arg("--command-timeout=5s");
+            // A loaded machine (parallel tests on two cores) can be slow.
+            .arg("--command-timeout=15s");
         if let Some(tls) = &self.tls {
             cmd.arg(format!("--cacert={}", tls.ca_file.display()))
                 .arg(format!("--cert={}", tls.client_cert.display()))
@@ -406,7 +407,9 @@ impl Etcd {
         self.etcdctl(&["auth", "enable"]);
         // From here on etcdctl logs in as root.
         self.auth = Some(auth);
-        self.etcdctl(&["endpoint", "health"]);
+        if let Err(log) = self.wait_ready() {
+            panic!("etcd stopped answering after `auth enable`\n--- etcd log ---\n{log}");
+        }
     }
 }
 

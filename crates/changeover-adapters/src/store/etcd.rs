@@ -611,63 +611,65 @@ struct Holding {
     lease: i64,
     create_revision: i64,
     ttl: Duration,
+    /// When the lease grant was sent: the lease runs from about then.
+    granted_at: Instant,
     lost: CancellationToken,
     stop: CancellationToken,
 }
 
 impl Holding {
     async fn run(self) {
+        use tokio::time::{sleep_until, Instant};
         let every = self.ttl / 3;
-        // Every answer to a keepalive sent at `t` vouches for the lock until
-        // `t + TTL`: past that the lease may be gone without our knowing.
-        let mut vouched_until = Instant::now() + self.ttl;
-        loop {
+        // A renewal sent at `t` vouches for the lock until `t + TTL`: past
+        // that the lease may be gone without our knowing.
+        let mut vouched_until = Instant::from_std(self.granted_at) + self.ttl;
+        let why = loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
+                _ = sleep_until((Instant::now() + every).min(vouched_until)) => {}
+            }
+            if Instant::now() >= vouched_until {
+                break format!(
+                    "lock `{}`: its lease could not be renewed for {} (the TTL): etcd unreachable",
+                    self.name,
+                    secs(self.ttl)
+                );
             }
             let sent = Instant::now();
             let limit = every
                 .min(self.inner.timeout)
                 .max(Duration::from_millis(200));
-            let why = match self.inner.keepalive_once(self.lease, limit).await {
-                Ok(ttl) if ttl > 0 => {
-                    vouched_until = sent + Duration::from_secs(ttl as u64);
-                    match self.still_ours().await {
-                        Ok(false) => Some(format!(
-                            "lock `{}` was taken away (its key is gone or someone else's)",
-                            self.name
-                        )),
-                        Ok(true) | Err(_) => None,
-                    }
-                }
-                Ok(_) => Some(format!(
-                    "lock `{}`: its lease expired or was revoked",
-                    self.name
-                )),
-                Err(f) if f.is_not_found() => Some(format!(
-                    "lock `{}`: its lease expired or was revoked",
-                    self.name
-                )),
-                Err(_) => None,
+            let renewed = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                // The loop's top says why.
+                _ = sleep_until(vouched_until) => continue,
+                r = self.inner.keepalive_once(self.lease, limit) => r,
             };
-            if self.stop.is_cancelled() {
-                return;
+            match renewed {
+                Ok(ttl) if ttl > 0 => vouched_until = sent + Duration::from_secs(ttl as u64),
+                Ok(_) => break format!("lock `{}`: its lease expired or was revoked", self.name),
+                Err(f) if f.is_not_found() => {
+                    break format!("lock `{}`: its lease expired or was revoked", self.name)
+                }
+                // Tried again at the next tick, until the TTL runs out.
+                Err(_) => continue,
             }
-            let why = why.or_else(|| {
-                (Instant::now() >= vouched_until).then(|| {
-                    format!(
-                        "lock `{}`: etcd could not renew its lease for {} (the TTL)",
-                        self.name,
-                        secs(self.ttl)
-                    )
-                })
-            });
-            if let Some(why) = why {
-                tracing::warn!("{why}");
-                self.lost.cancel();
-                return;
+            // The lease lives; is the key still the one we created?
+            let ours = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                r = tokio::time::timeout(every, self.still_ours()) => r,
+            };
+            if let Ok(Ok(false)) = ours {
+                break format!(
+                    "lock `{}` was taken away (its key is gone or someone else's)",
+                    self.name
+                );
             }
+        };
+        if !self.stop.is_cancelled() {
+            tracing::warn!("{why}");
+            self.lost.cancel();
         }
     }
 
@@ -804,11 +806,13 @@ impl Store for EtcdStore {
         let k = inner.key(&key)?;
         let value = B64.encode(serde_json::to_vec(record).expect("a lock record serialises"));
         for _ in 0..LOCK_ATTEMPTS {
+            let mut granted_at = Instant::now();
             let lease = match record.kind {
                 LockKind::Manual => None,
                 LockKind::Deploy => {
                     // etcd leases are whole seconds.
                     let ttl = inner.lock_ttl.as_secs_f64().ceil().max(1.0) as i64;
+                    granted_at = Instant::now();
                     let answer = inner
                         .call("/v3/lease/grant", &json!({ "TTL": ttl.to_string() }))
                         .await
@@ -856,6 +860,7 @@ impl Store for EtcdStore {
                             lease: id,
                             create_revision,
                             ttl,
+                            granted_at,
                             lost: lost.clone(),
                             stop: stop.clone(),
                         };
