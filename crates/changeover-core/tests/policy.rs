@@ -189,6 +189,12 @@ fn override_errors_point_into_the_target() {
             .any(|m| m.contains("not available in this version")),
         "{e:?}"
     );
+    let e = errors("[status]\nversion_command = \"cat /opt/shop/VERSION\"\n");
+    assert!(
+        e.iter()
+            .any(|m| m.contains("not available in this version")),
+        "{e:?}"
+    );
     let e = errors("[store]\nkind = \"etcd\"\n");
     assert!(e.iter().any(|m| m.contains("needs `endpoints`")), "{e:?}");
     let e = errors("[store]\nkind = \"etcd\"\nendpoints = [\"http://u:secret@10.0.0.5:2379\"]\n");

@@ -24,6 +24,8 @@ pub struct RawConfig {
     pub state_dir: Option<String>,
     pub witness: Option<RawWitness>,
     pub store: Option<RawStore>,
+    /// `[status] version_command`: not built yet, rejected by name.
+    pub status: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -345,6 +345,14 @@ impl<'a> Validator<'a> {
             None => self.base_dir.join(".changeover"),
         };
         let store = self.store(raw.store, &app, &state_dir);
+        if raw.status.is_some() {
+            self.err(
+                path!["status"],
+                "[status] (version_command) is not available in this version",
+                "not available",
+                "remove [status]; `changeover status` shows each unit's recorded version",
+            );
+        }
         if !self.errors.is_empty() {
             return None;
         }

@@ -491,7 +491,11 @@ async fn run_once(
             eprintln!("pointer {} unchanged (partial target)", policy.pointer)
         }
         Ok(_) => {}
-        Err(e) => eprintln!("error: cannot move pointer {}: {e}", policy.pointer),
+        Err(e) => eprintln!(
+            "error: cannot move pointer {} ({e}); the units are recorded, the pointer is not: run `changeover status {}` and deploy again once the store answers",
+            policy.pointer,
+            target.name.as_deref().unwrap_or("")
+        ),
     }
     recorder.close();
     let failures_recording = writer.await.unwrap_or(1);
@@ -543,6 +547,8 @@ async fn run_once(
         eprintln!("{} of {label} to {version}: {outcome}", kind.as_str());
     }
     let code = match report.outcome {
+        // The hosts are done but the store does not say so: not a success.
+        Outcome::Success if moved.is_err() => exit::FAILED,
         Outcome::Success => exit::OK,
         Outcome::Failed => exit::FAILED,
         Outcome::Interrupted => exit::INTERRUPTED,

@@ -391,11 +391,21 @@ fn dev_box_policy_message_and_missing_previous() {
         None,
         "[targets.dev]\nhosts = [\"web-1\"]\nlb_takeout = false\nlock = false\n\n[targets.canary]\nhosts = [\"web-2\"]\nrequire_message = true\n",
     );
-    // A manual lock on "deploy": dev takes no lock, so it still goes.
-    ok(
-        &config,
-        &["lock", "acquire", "-m", "freeze for the migration"],
-    );
+    // Someone else's manual lock on "deploy": dev takes no lock, so it
+    // still goes; canary takes the default lock and is refused.
+    let out = std::process::Command::new(crate::fleet::BIN)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "lock",
+            "acquire",
+            "-m",
+            "freeze for the migration",
+        ])
+        .env("USER", "bob")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     ok(&config, &["deploy", "dev", "--version", "v2"]);
     // Every balancer change is journaled before it is made: none was.
     let journal = std::fs::read_to_string(fleet.dir.path().join("state/journal.ndjson")).unwrap();
@@ -406,8 +416,13 @@ fn dev_box_policy_message_and_missing_previous() {
     );
     assert_eq!(fleet.deploys(0), ["v2"]);
     assert_eq!(fleet.versions()[0], "v2");
-    // The manual lock is ours (same user@host): a target that takes the
-    // lock goes ahead under it (someone else's: see the next test).
+    let (out, _) = run(&config, &["deploy", "canary", "--version", "v2", "-m", "x"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("freeze for the migration"));
+    assert!(fleet.deploys(1).is_empty());
+    ok(&config, &["lock", "release", "--force"]);
+    // A manual lock of our own: a deploy goes ahead under it, and says so.
+    ok(&config, &["lock", "acquire", "-m", "mine"]);
     let (out, _) = run(&config, &["deploy", "canary", "--version", "v2", "-m", "x"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("it is yours"));
