@@ -97,6 +97,10 @@ pub enum Command {
         #[arg(short = 'n', long = "limit", default_value_t = 20)]
         n: usize,
     },
+    /// After a crash: put every balancer member back as it was before the
+    /// unfinished deploy where the unit is healthy, name those left out,
+    /// close the journal, free the lock. Safe to run twice.
+    Recover,
     /// Take, release or show a lock by hand (e.g. "nobody deploys during the
     /// migration"). A lock taken here stays until released.
     Lock {

@@ -90,6 +90,7 @@ async fn run(cli: Cli) -> u8 {
         Command::Status(target) => commands::status::run(&ctx, target.target).await,
         Command::History { target, n } => commands::history::run(&ctx, target.target, n).await,
         Command::Lock { action } => commands::lock::run(&ctx, action).await,
+        Command::Recover => commands::recover::run(&ctx).await,
         Command::DemoApp(_) | Command::DemoCtl(_) | Command::Demo(_) => {
             unreachable!("handled above")
         }

@@ -18,3 +18,19 @@ pub async fn open(spec: &StoreSpec) -> Result<Arc<dyn Store>, StoreError> {
         StoreSpec::Etcd(spec) => Ok(Arc::new(etcd::EtcdStore::connect(spec).await?)),
     }
 }
+
+/// The crash journal that goes with a store: the NDJSON file in `state_dir`
+/// for the local store; `journal/<deploy_id>/…` keys in a shared store, so
+/// `recover` works from any machine.
+pub fn journal(
+    spec: &StoreSpec,
+    state_dir: &std::path::Path,
+    store: &Arc<dyn Store>,
+) -> Arc<dyn changeover_core::journal::Journal> {
+    match spec {
+        StoreSpec::Local { .. } => Arc::new(changeover_core::journal::FileJournal::new(state_dir)),
+        _ => Arc::new(changeover_core::journal::StoreJournal::new(Arc::clone(
+            store,
+        ))),
+    }
+}

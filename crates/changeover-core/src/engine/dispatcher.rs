@@ -60,14 +60,21 @@ pub async fn run(
         waves: waves.len(),
         max_out_of_service: bound,
     });
-    let _ = dep.journal.append(Record::Begin {
-        format: crate::journal::JOURNAL_FORMAT,
-        deploy_id: dep.deploy_id.clone(),
-        app: dep.plan.app.clone(),
-        version: dep.version.clone(),
-        target: dep.target.clone(),
-        balancers: dep.balancers.iter().map(|b| b.label()).collect(),
-    });
+    // A journal that cannot be written stops the deploy before any change.
+    let begun = dep
+        .journal
+        .append(Record::Begin {
+            format: crate::journal::JOURNAL_FORMAT,
+            deploy_id: dep.deploy_id.clone(),
+            app: dep.plan.app.clone(),
+            version: dep.version.clone(),
+            target: dep.target.clone(),
+            balancers: dep.balancers.iter().map(|b| b.label()).collect(),
+            lock: dep.policy.lock.clone(),
+            holder: Some(crate::state::holder()),
+            pid: Some(std::process::id()),
+        })
+        .await;
 
     let mut d = Dispatch {
         dep: Arc::clone(&dep),
@@ -92,6 +99,9 @@ pub async fn run(
         gate: (dep.policy.strategy.wait_for_all_healthy && dep.health.is_some())
             .then(|| GateState::new(gate::watched(&dep))),
     };
+    if let Err(e) = begun {
+        d.halt_with(format!("{e}; nothing was changed"));
+    }
     for &i in &pf.current {
         d.states[i] = State::Done(UnitResult::Current);
     }
@@ -224,7 +234,7 @@ pub async fn run(
     while let Ok(msg) = rx.try_recv() {
         d.on_msg(msg);
     }
-    d.summary()
+    d.summary().await
 }
 
 /// The health gate's state, owned by the dispatcher.
@@ -547,7 +557,7 @@ impl Dispatch {
         });
     }
 
-    fn summary(self) -> Report {
+    async fn summary(self) -> Report {
         let mut counts = [0usize; 6];
         let units: Vec<UnitSummary> = self
             .states
@@ -590,7 +600,7 @@ impl Dispatch {
                 }
             })
             .collect();
-        let outcome = if self.interrupted {
+        let mut outcome = if self.interrupted {
             Outcome::Interrupted
         } else if self.failures > 0 || self.halt_reason.is_some() {
             Outcome::Failed
@@ -599,11 +609,27 @@ impl Dispatch {
         };
         // After a hard stop units may be half-way: no `end`, so `recover`
         // treats this deploy as unfinished.
+        let mut halt_reason = self.halt_reason;
         if !self.hard {
-            let _ = self.dep.journal.append(Record::End {
-                deploy_id: self.dep.deploy_id.clone(),
-                outcome: format!("{outcome:?}").to_lowercase(),
-            });
+            if let Err(e) = self
+                .dep
+                .journal
+                .append(Record::End {
+                    deploy_id: self.dep.deploy_id.clone(),
+                    outcome: format!("{outcome:?}").to_lowercase(),
+                })
+                .await
+            {
+                // Then `recover` will find this deploy unfinished: say so.
+                let note = format!("cannot close the journal ({e}); run `changeover recover`");
+                halt_reason = Some(match halt_reason {
+                    Some(r) => format!("{r}; {note}"),
+                    None => note,
+                });
+                if outcome == Outcome::Success {
+                    outcome = Outcome::Failed;
+                }
+            }
         }
         self.dep.emit(Event::DeployFinished {
             outcome,
@@ -620,7 +646,7 @@ impl Dispatch {
             outcome,
             units,
             max_out_of_service_seen: self.max_out_seen,
-            halt_reason: self.halt_reason,
+            halt_reason,
         }
     }
 }

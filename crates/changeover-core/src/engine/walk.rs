@@ -161,6 +161,7 @@ impl Walk {
                 action,
                 before: before.clone(),
             })
+            .await
             .map_err(|e| Failure {
                 phase,
                 error: e.to_string(),
@@ -179,10 +180,21 @@ impl Walk {
                 error: format!("{action} on {}: {e}", lb.label()),
                 output: None,
             })?;
-        let _ = self.dep.journal.append(Record::Done {
-            deploy_id: self.dep.deploy_id.clone(),
-            seq,
-        });
+        if let Err(e) = self
+            .dep
+            .journal
+            .append(Record::Done {
+                deploy_id: self.dep.deploy_id.clone(),
+                seq,
+            })
+            .await
+        {
+            // The change is made; the next intent would fail too: no new
+            // unit starts (units in flight stop at their next change).
+            self.dep
+                .external_halt
+                .trigger(format!("{e}; the journal cannot be written"));
+        }
         Ok(())
     }
 

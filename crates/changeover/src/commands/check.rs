@@ -17,8 +17,27 @@ pub async fn run(ctx: &Ctx, target: Option<String>) -> u8 {
         Ok(d) => d,
         Err(code) => return code,
     };
-    let pf = engine::preflight(&dep).await;
+    let mut pf = engine::preflight(&dep).await;
     dep.remote.close().await;
+    // The store too: reachable, and no crashed deploy waiting for `recover`.
+    match ctx.store().await {
+        Ok(store) => {
+            let journal =
+                changeover_adapters::store::journal(&ctx.plan.store, &ctx.plan.state_dir, &store);
+            match super::recover::unfinished(journal.as_ref()).await {
+                Ok(open) => {
+                    for u in &open {
+                        pf.problems.push(format!(
+                            "{}; run `changeover recover`",
+                            super::recover::describe(u)
+                        ));
+                    }
+                }
+                Err(e) => pf.problems.push(format!("cannot read the journal: {e}")),
+            }
+        }
+        Err(code) => return code,
+    }
     report_preflight(&dep, &pf);
     if pf.go() {
         eprintln!(

@@ -13,7 +13,6 @@ use changeover_adapters::wiring::{self, RolloutArgs};
 use changeover_adapters::witness::WitnessReport;
 use changeover_core::engine::{self, Deployment, Report};
 use changeover_core::event::{Event, EventSink, Outcome};
-use changeover_core::journal::FileJournal;
 use changeover_core::plan::{OnFailure, Target};
 use changeover_core::state::{self, Counts, HistoryEntry, InProgress, Mover, UnitVersion};
 use changeover_core::store::{Acquired, LockGuard, LockKind, LockRecord, Store};
@@ -136,6 +135,28 @@ pub async fn execute(ctx: &Ctx, req: Request) -> Executed {
         }
     };
     let lost = guard.as_ref().map(|g| g.lost());
+    // A crashed deploy may have left units out: recover it first.
+    let journal = changeover_adapters::store::journal(&ctx.plan.store, &ctx.plan.state_dir, &store);
+    match super::recover::unfinished(journal.as_ref()).await {
+        Ok(open) if open.is_empty() => {}
+        Ok(open) => {
+            for u in &open {
+                eprintln!("error: {}", super::recover::describe(u));
+            }
+            eprintln!("  it may have left units out of the balancers; run `changeover recover` first; nothing was touched");
+            if let Some(g) = guard {
+                let _ = g.release().await;
+            }
+            return Executed::exit(exit::NO_GO);
+        }
+        Err(e) => {
+            eprintln!("error: cannot read the journal: {e}");
+            if let Some(g) = guard {
+                let _ = g.release().await;
+            }
+            return Executed::exit(exit::NO_GO);
+        }
+    }
 
     let first = run_once(
         ctx,
@@ -327,13 +348,7 @@ async fn run_once(
         );
         return no(exit::USAGE);
     }
-    let journal = match FileJournal::open(&plan.state_dir) {
-        Ok(j) => Arc::new(j),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return no(exit::NO_GO);
-        }
-    };
+    let journal = changeover_adapters::store::journal(&plan.store, &plan.state_dir, store);
     let (rec_tx, rec_rx) = mpsc::unbounded_channel::<String>();
     let recorder = Arc::new(Recorder {
         inner: ctx.events.clone(),
@@ -348,7 +363,7 @@ async fn run_once(
             previous_version: pointer.current.clone().unwrap_or_default(),
             force: &req.force,
             events: recorder.clone(),
-            journal: Some(journal),
+            journal: Some(journal.clone()),
         },
     )
     .await

@@ -9,6 +9,7 @@ pub mod execute;
 pub mod history;
 pub mod lock;
 pub mod plan;
+pub mod recover;
 pub mod rollback;
 pub mod status;
 pub mod unify;

@@ -45,6 +45,14 @@ pub async fn run(ctx: &Ctx, target: Option<String>) -> u8 {
         },
         None => None,
     };
+    let journal = changeover_adapters::store::journal(&ctx.plan.store, &ctx.plan.state_dir, &store);
+    let unfinished = match super::recover::unfinished(journal.as_ref()).await {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("error: cannot read the journal: {e}");
+            return exit::FAILED;
+        }
+    };
     // Status reads every balancer even for an in-place target: it says
     // where each unit is.
     let mut full = target.clone();
@@ -99,6 +107,14 @@ pub async fn run(ctx: &Ctx, target: Option<String>) -> u8 {
                 "pointer": pointer,
                 "lock": lock,
                 "in_progress": pointer.in_progress,
+                "unfinished": unfinished.iter().map(|u| json!({
+                    "deploy_id": u.deploy_id,
+                    "target": u.target,
+                    "version": u.version,
+                    "holder": u.holder,
+                    "started_ms": u.started_ms,
+                    "units_maybe_out": u.units.iter().filter(|(_, ms)| ms.iter().any(|m| m.may_be_out())).map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
                 "units": rows,
             }),
         );
@@ -125,6 +141,12 @@ pub async fn run(ctx: &Ctx, target: Option<String>) -> u8 {
             ip.version,
             ip.holder,
             ip.started_at
+        ));
+    }
+    for u in &unfinished {
+        ctx.out(&format!(
+            "UNFINISHED: {}; run `changeover recover`",
+            super::recover::describe(u)
         ));
     }
     match (&policy.lock, &lock) {

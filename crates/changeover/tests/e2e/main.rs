@@ -3,6 +3,7 @@
 
 mod fleet;
 mod frontend;
+mod crash;
 mod gate;
 mod lifecycle;
 

@@ -1,0 +1,252 @@
+//! Crash safety: kill -9 a real rollout anywhere, then `changeover recover`.
+
+use super::text;
+use crate::fleet::{changeover, Fleet, BIN};
+use changeover_testkit::load::{LoadGen, LoadOptions};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// xorshift64*: a seeded, printed, reproducible sequence of kill points.
+struct Rng(u64);
+
+impl Rng {
+    fn from_env() -> (Rng, u64) {
+        let seed = std::env::var("CHANGEOVER_FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        (Rng(seed.max(1)), seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+fn trials() -> usize {
+    std::env::var("CHANGEOVER_FAULT_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20)
+}
+
+/// The lock, read back through the CLI.
+fn lock_held(config: &Path) -> bool {
+    let out = changeover(config, &["lock", "status", "--json"]);
+    let line = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_string();
+    let doc: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    doc["locks"][0]["held"] == true
+}
+
+/// Every unit in rotation with the state and weight it had before.
+fn assert_all_back(fleet: &Fleet, weights: &[u32], what: &str) {
+    for (i, (name, _)) in fleet.hosts.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let st = fleet
+                .haproxy
+                .servers_state()
+                .into_iter()
+                .find(|s| &s.name == name)
+                .unwrap();
+            let row = fleet.haproxy.server(name);
+            if st.admin_state == 0 && st.uweight == weights[i] && row.status == "UP" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {name} is {} with admin state {:#x} and weight {} (expected UP, 0, {})",
+                row.status,
+                st.admin_state,
+                st.uweight,
+                weights[i]
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    for v in fleet.versions() {
+        assert!(v == "v1" || v == "v2", "{what}: a unit runs {v:?}");
+    }
+}
+
+#[test]
+fn kill_9_anywhere_then_recover_puts_everything_back() {
+    let fleet = Fleet::builder(6).start();
+    let config = fleet.config(None, "[strategy]\nbatch = 2\n");
+    // Weights an operator set by hand: they must come back exactly.
+    let weights: Vec<u32> = (0..6).map(|i| 10 + i as u32).collect();
+    for (i, (name, _)) in fleet.hosts.iter().enumerate() {
+        fleet
+            .haproxy
+            .command(&format!("set server app/{name} weight {}", weights[i]));
+    }
+    let (mut rng, seed) = Rng::from_env();
+    let n = trials();
+    eprintln!("kill -9 trials: {n}, seed {seed} (CHANGEOVER_FAULT_SEED={seed} replays them)");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut opts = LoadOptions::new(fleet.frontend());
+    opts.rps = 50;
+    opts.new_connection_per_request = true;
+    opts.request_timeout = Duration::from_secs(5);
+    opts.max_duration = Duration::from_secs(600);
+    opts.max_requests = 30_000;
+    let load = rt.block_on(async { LoadGen::start(opts) });
+    let mut killed_mid_way = 0;
+    for t in 0..n {
+        let version = if t % 2 == 0 { "v2" } else { "v1" };
+        // A rollout of all 6 (3 waves) takes about 4 s here: kill anywhere
+        // in it, from preflight to the last confirm.
+        let delay = Duration::from_millis(rng.below(4000));
+        let mut child = Command::new(BIN)
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "deploy",
+                "--version",
+                version,
+                "--redeploy",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let finished = child.try_wait().unwrap().is_some();
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let what = format!("trial {t} (seed {seed}, kill after {delay:?}, {version})");
+        let rec = changeover(&config, &["recover"]);
+        assert_eq!(
+            rec.status.code(),
+            Some(0),
+            "{what}: recover\n{}",
+            text(&rec)
+        );
+        let said = String::from_utf8_lossy(&rec.stdout).to_string();
+        if !said.contains("nothing to recover") {
+            killed_mid_way += 1;
+        }
+        assert!(
+            !finished || said.contains("nothing to recover"),
+            "{what}: finished, yet recover found work:\n{said}"
+        );
+        eprintln!(
+            "{what}: {}",
+            said.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+        // A second run finds nothing.
+        let again = changeover(&config, &["recover"]);
+        assert_eq!(
+            again.status.code(),
+            Some(0),
+            "{what}: second recover\n{}",
+            text(&again)
+        );
+        assert!(
+            String::from_utf8_lossy(&again.stdout).contains("nothing to recover"),
+            "{what}\n{}",
+            text(&again)
+        );
+        assert!(!lock_held(&config), "{what}: the lock is still held");
+        assert_all_back(&fleet, &weights, &what);
+    }
+    // And a new deploy goes through.
+    let out = changeover(&config, &["deploy", "--version", "v3"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "deploy after the trials (seed {seed})\n{}",
+        text(&out)
+    );
+    assert_eq!(fleet.versions(), vec!["v3".to_string(); 6]);
+    let report = rt.block_on(load.stop());
+    eprintln!(
+        "{n} trials, {killed_mid_way} killed mid-rollout; load: {} requests, {} failed",
+        report.requests, report.failures
+    );
+    assert!(
+        killed_mid_way >= n / 4,
+        "only {killed_mid_way} of {n} trials killed a rollout mid-way (seed {seed})"
+    );
+    assert_eq!(
+        report.failures, 0,
+        "requests failed through the kills (seed {seed}): {report:?}"
+    );
+}
+
+#[test]
+fn deploy_refuses_while_an_unfinished_deploy_exists_and_check_says_so() {
+    let fleet = Fleet::builder(2).start();
+    let config = fleet.config(None, "[strategy]\nbatch = 1\n");
+    let mut child = Command::new(BIN)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "deploy",
+            "--version",
+            "v2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once the first unit is out of rotation.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !fleet.haproxy.show_stat().iter().any(|r| r.status != "UP") {
+        assert!(
+            Instant::now() < deadline,
+            "the deploy never took a unit out"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let out = changeover(&config, &["deploy", "--version", "v3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("did not finish") && err.contains("changeover recover"),
+        "{err}"
+    );
+    let out = changeover(&config, &["check"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("changeover recover"));
+    let out = changeover(&config, &["status", "--json"]);
+    let doc: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(
+        doc["unfinished"].as_array().map(|a| a.len()),
+        Some(1),
+        "{doc}"
+    );
+
+    let out = changeover(&config, &["recover", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for (name, _) in &fleet.hosts {
+        fleet
+            .haproxy
+            .wait_for_status(name, "UP", Duration::from_secs(15));
+    }
+    let out = changeover(&config, &["history", "--json"]);
+    let doc: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(doc["entries"][0]["command"], "recover", "{doc}");
+    let out = changeover(&config, &["deploy", "--version", "v3"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(fleet.versions(), vec!["v3".to_string(); 2]);
+}
