@@ -95,6 +95,17 @@ pub async fn run(ctx: &Ctx) -> u8 {
                 for (name, why) in &r.left_out {
                     ctx.out(&format!("  {name:<14} LEFT OUT: {why}"));
                 }
+                if !r.left_out.is_empty() {
+                    let hosts: std::collections::BTreeSet<&str> = r
+                        .left_out
+                        .iter()
+                        .map(|(n, _)| n.split('#').next().unwrap_or(n))
+                        .collect();
+                    eprintln!(
+                        "the unit(s) left out stay out of rotation; once fixed, `changeover deploy --version V --force {}` deploys and puts them back",
+                        hosts.into_iter().collect::<Vec<_>>().join(",")
+                    );
+                }
                 if r.restored.is_empty() && r.left_out.is_empty() {
                     ctx.out("  every unit was already back in rotation");
                 }

@@ -250,3 +250,190 @@ fn deploy_refuses_while_an_unfinished_deploy_exists_and_check_says_so() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(fleet.versions(), vec!["v3".to_string(); 2]);
 }
+
+/// Start a deploy and SIGKILL it once `n` units are out of rotation.
+fn kill_when_out(fleet: &Fleet, config: &Path, version: &str, n: usize) {
+    let mut child = Command::new(BIN)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "deploy",
+            "--version",
+            version,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fleet
+        .haproxy
+        .show_stat()
+        .iter()
+        .filter(|r| r.status != "UP")
+        .count()
+        < n
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the deploy never took {n} unit(s) out"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the deploy ended before it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn recover_from_another_machine_with_the_etcd_journal() {
+    let etcd = changeover_testkit::etcd::Etcd::builder().start();
+    let fleet = Fleet::builder(3).start();
+    let store = format!(
+        "[store]\nkind = \"etcd\"\nendpoints = [\"{}\"]\nlock_ttl = \"3s\"\n",
+        etcd.endpoint()
+    );
+    let config = fleet.config(None, &format!("[strategy]\nbatch = 1\n{store}"));
+    kill_when_out(&fleet, &config, "v2", 1);
+    // Nothing of the journal is on this machine: it is in etcd.
+    assert!(!fleet.dir.path().join("state/journal.ndjson").exists());
+    let keys = etcd.etcdctl(&[
+        "get",
+        "--prefix",
+        "--keys-only",
+        "/changeover/testapp/journal/",
+    ]);
+    assert!(keys.contains("/changeover/testapp/journal/"), "{keys}");
+    // "Another machine": the same config in another directory (its own
+    // state_dir), nothing shared but etcd.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other = elsewhere.path().join("changeover.toml");
+    std::fs::copy(&config, &other).unwrap();
+    let t = Instant::now();
+    let out = changeover(&other, &["recover"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "recover took {:?}",
+        t.elapsed()
+    );
+    for (name, _) in &fleet.hosts {
+        fleet
+            .haproxy
+            .wait_for_status(name, "UP", Duration::from_secs(15));
+    }
+    let keys = etcd.etcdctl(&[
+        "get",
+        "--prefix",
+        "--keys-only",
+        "/changeover/testapp/journal/",
+    ]);
+    assert!(
+        keys.trim().is_empty(),
+        "the recovered journal is still there: {keys}"
+    );
+    let out = changeover(&config, &["recover"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nothing to recover"),
+        "{}",
+        text(&out)
+    );
+    let out = changeover(&config, &["deploy", "--version", "v3"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn recover_leaves_an_unhealthy_unit_out_and_names_it() {
+    let fleet = Fleet::builder(3).start();
+    let config = fleet.config(None, "[strategy]\nbatch = 1\n");
+    kill_when_out(&fleet, &config, "v2", 1);
+    let out_unit = fleet
+        .haproxy
+        .show_stat()
+        .into_iter()
+        .find(|r| r.status != "UP")
+        .map(|r| r.name)
+        .unwrap();
+    let i = fleet
+        .hosts
+        .iter()
+        .position(|(n, _)| *n == out_unit)
+        .unwrap();
+    for v in ["v1", "v2"] {
+        std::fs::write(fleet.app_dir(i).join(format!("unhealthy-{v}")), "").unwrap();
+    }
+    let out = changeover(&config, &["recover", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let doc: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(
+        doc["deploys"][0]["left_out"][0]["unit"],
+        out_unit.as_str(),
+        "{doc}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--force"),
+        "{}",
+        text(&out)
+    );
+    assert_ne!(
+        fleet.haproxy.server(&out_unit).status,
+        "UP",
+        "an unhealthy unit was put back"
+    );
+    for (name, _) in fleet.hosts.iter().filter(|(n, _)| *n != out_unit) {
+        fleet
+            .haproxy
+            .wait_for_status(name, "UP", Duration::from_secs(15));
+    }
+    assert!(!lock_held(&config));
+    // Fixed, a forced deploy puts it back.
+    for v in ["v1", "v2"] {
+        std::fs::remove_file(fleet.app_dir(i).join(format!("unhealthy-{v}"))).unwrap();
+    }
+    let out = changeover(
+        &config,
+        &["deploy", "--version", "v2", "--force", &out_unit],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    fleet
+        .haproxy
+        .wait_for_status(&out_unit, "UP", Duration::from_secs(15));
+}
+
+#[test]
+fn recover_stops_when_the_config_no_longer_names_the_journals_balancer() {
+    let fleet = Fleet::builder(2).start();
+    let config = fleet.config(None, "[strategy]\nbatch = 1\n");
+    kill_when_out(&fleet, &config, "v2", 1);
+    let original = std::fs::read_to_string(&config).unwrap();
+    // The balancer table is gone (or points elsewhere) in today's config.
+    let changed = original.replace(
+        &fleet.haproxy.socket_path().display().to_string(),
+        "/run/elsewhere/admin.sock",
+    );
+    std::fs::write(&config, changed).unwrap();
+    let out = changeover(&config, &["recover"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&fleet.haproxy.socket_path().display().to_string())
+            && err.contains("no longer has"),
+        "{err}"
+    );
+    assert!(
+        fleet.haproxy.show_stat().iter().any(|r| r.status != "UP"),
+        "recover changed something"
+    );
+    std::fs::write(&config, original).unwrap();
+    let out = changeover(&config, &["recover"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for (name, _) in &fleet.hosts {
+        fleet
+            .haproxy
+            .wait_for_status(name, "UP", Duration::from_secs(15));
+    }
+}
