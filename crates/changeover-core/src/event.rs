@@ -155,6 +155,16 @@ pub enum Event {
     Halted {
         reason: String,
     },
+    /// A member changeover holds out was serving again on its own (an
+    /// HAProxy reload forgets the runtime state): taken out again at once.
+    MemberBack {
+        unit: String,
+        balancer: String,
+        member: String,
+        /// The status it was seen in.
+        state: String,
+        taken_out_again: bool,
+    },
     Interrupted {
         hard: bool,
     },

@@ -249,6 +249,42 @@ impl Haproxy {
         &self.config_path
     }
 
+    /// A soft reload, as `systemctl reload haproxy` does: a new process
+    /// with the same config takes over the listeners (`-sf` the old one).
+    /// The runtime state (drain, maint, weights set over the socket) is
+    /// lost: every server starts again as the config says.
+    pub fn reload(&mut self) {
+        let program = tools::require("haproxy", "haproxy");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log_path)
+            .expect("open haproxy.log");
+        let old_pid = self.child.id();
+        let child = Command::new(&program)
+            .arg("-f")
+            .arg(&self.config_path)
+            .arg("-db")
+            .arg("-sf")
+            .arg(old_pid.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn haproxy for the reload");
+        let mut old = std::mem::replace(&mut self.child, child);
+        self.wait_ready();
+        // The old process finishes its connections and exits; bounded.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while old.try_wait().expect("poll old haproxy").is_none() {
+            if Instant::now() >= deadline {
+                let _ = old.kill();
+                let _ = old.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Everything haproxy printed so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

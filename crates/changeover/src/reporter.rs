@@ -100,6 +100,10 @@ fn human(elapsed: Duration, event: &Event, quiet: bool) -> Option<String> {
             }
             s
         }
+        Event::MemberBack { unit, balancer, member, state, taken_out_again } => format!(
+            "{t} {unit:<12} member {member} on {balancer} was \"{state}\" again on its own (a balancer reload loses changeover's changes; HAProxy's server-state-file keeps them): {}",
+            if *taken_out_again { "taken out again" } else { "could NOT be taken out again" }
+        ),
         Event::Halted { reason } => format!("{t} HALTED: {reason}; no new unit starts, units in flight finish"),
         Event::Interrupted { hard: false } => format!(
             "{t} interrupted: no new unit starts; units in flight finish their phase and go back in if healthy (Ctrl-C again to stop at once)"

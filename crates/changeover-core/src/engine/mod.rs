@@ -5,6 +5,7 @@
 
 mod dispatcher;
 mod gate;
+mod hold;
 mod preflight;
 mod walk;
 

@@ -5,7 +5,7 @@
 use super::Deployment;
 use crate::event::{Event, Phase, UnitResult};
 use crate::journal::Record;
-use crate::lb::{LbAction, MemberStatus};
+use crate::lb::{LbAction, LbError, MemberStatus};
 use crate::plan::{DrainMode, OnTimeout};
 use crate::remote::{CommandOutput, Remote};
 use crate::template::{Template, Vars};
@@ -19,6 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 /// How long one count of connections on a host may take (drain "host").
 const COUNT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A balancer change that finds the balancer unreachable is retried this
+/// many times, waiting 250 ms, 500 ms, 1 s, 2 s (≈ 4 s in all).
+const UNREACHABLE_RETRIES: u32 = 4;
+const UNREACHABLE_RETRY_FIRST: Duration = Duration::from_millis(250);
 
 /// What a unit task tells the dispatcher while it runs.
 pub(crate) enum Msg {
@@ -45,7 +50,7 @@ pub(crate) struct Finished {
     pub output: Option<String>,
 }
 
-struct Failure {
+pub(super) struct Failure {
     phase: Phase,
     error: String,
     output: Option<String>,
@@ -114,14 +119,21 @@ impl Walk {
 
         // A halt before the steps leaves the unit as it was: put it back.
         let skipped_steps = self.halt.is_cancelled();
-        if !skipped_steps {
-            self.phase(Phase::Steps);
-            self.steps().await.map_err(|f| (f, false))?;
-        }
-
-        if self.dep.health.is_some() {
-            self.phase(Phase::Health);
-            self.health().await.map_err(|f| (f, false))?;
+        let work = async {
+            if !skipped_steps {
+                self.phase(Phase::Steps);
+                self.steps().await?;
+            }
+            if self.dep.health.is_some() {
+                self.phase(Phase::Health);
+                self.health().await?;
+            }
+            Ok(())
+        };
+        // Out until put back, even if a balancer forgets it (a reload).
+        tokio::select! {
+            r = work => r.map_err(|f| (f, false))?,
+            _ = self.hold_out() => unreachable!("hold_out runs until dropped"),
         }
 
         self.phase(Phase::PutBack);
@@ -146,7 +158,12 @@ impl Walk {
     }
 
     /// Journal, then apply one change on one balancer.
-    async fn change(&self, li: usize, action: LbAction, phase: Phase) -> Result<(), Failure> {
+    pub(super) async fn change(
+        &self,
+        li: usize,
+        action: LbAction,
+        phase: Phase,
+    ) -> Result<(), Failure> {
         let lb = &self.dep.balancers[li];
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let before = self.before.get(li).cloned().flatten();
@@ -173,13 +190,28 @@ impl Walk {
         } else {
             None
         };
-        lb.apply(&[&self.unit], action, restore)
-            .await
-            .map_err(|e| Failure {
-                phase,
-                error: format!("{action} on {}: {e}", lb.label()),
-                output: None,
-            })?;
+        // A balancer that cannot be reached for a moment (a socket being
+        // recreated by a reload, a forward being renewed) is asked again,
+        // bounded; any other refusal fails the unit at once.
+        let mut wait = UNREACHABLE_RETRY_FIRST;
+        let mut tries = 0;
+        loop {
+            match lb.apply(&[&self.unit], action, restore).await {
+                Ok(()) => break,
+                Err(LbError::Unreachable { .. }) if tries < UNREACHABLE_RETRIES => {
+                    tries += 1;
+                    sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(e) => {
+                    return Err(Failure {
+                        phase,
+                        error: format!("{action} on {}: {e}", lb.label()),
+                        output: None,
+                    })
+                }
+            }
+        }
         if let Err(e) = self
             .dep
             .journal

@@ -109,6 +109,12 @@ pub struct FleetBuilder {
 }
 
 impl FleetBuilder {
+    /// How long an app instance takes to listen after a (re)start.
+    pub fn boot_time(mut self, t: &'static str) -> Self {
+        self.boot_time = t;
+        self
+    }
+
     /// Only the first `n` hosts get a server in HAProxy (for "member missing").
     pub fn members(mut self, n: usize) -> Self {
         self.members = Some(n);

@@ -4,6 +4,7 @@
 mod fleet;
 mod frontend;
 mod crash;
+mod faults;
 mod gate;
 mod lifecycle;
 
