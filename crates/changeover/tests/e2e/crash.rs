@@ -8,10 +8,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// xorshift64*: a seeded, printed, reproducible sequence of kill points.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn from_env() -> (Rng, u64) {
+    pub(crate) fn from_env() -> (Rng, u64) {
         let seed = std::env::var("CHANGEOVER_FAULT_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -24,7 +24,7 @@ impl Rng {
         (Rng(seed.max(1)), seed)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -32,7 +32,7 @@ impl Rng {
     }
 }
 
-fn trials() -> usize {
+pub(crate) fn trials() -> usize {
     std::env::var("CHANGEOVER_FAULT_TRIALS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -467,3 +467,73 @@ fn a_missing_socket_on_a_host_is_a_clear_no_go() {
     );
     assert_eq!(fleet.versions(), vec!["v1"; 6], "nothing changed");
 }
+
+/// Kill -9 anywhere in a front-tier rollout (weight method over forwarded
+/// sockets), then `recover`: every instance back at exactly its weight.
+#[test]
+fn kill_9_anywhere_in_a_front_tier_then_recover_restores_exact_weights() {
+    let fleet = FrontFleet::start(3, Some(37));
+    fleet.tier.host_lb(1).command("set weight pxapp/pxApp_2 23");
+    let expected: BTreeMap<String, u32> = fleet
+        .lb_states()
+        .into_iter()
+        .map(|(unit, (_, weight))| (unit, weight))
+        .collect();
+    let config = fleet.config(Access::Socket, "");
+    let (mut rng, seed) = crate::crash::Rng::from_env();
+    let n = crate::crash::trials().div_ceil(2);
+    eprintln!("front tier kill -9 trials: {n}, seed {seed}");
+    let mut mid_way = 0;
+    for t in 0..n {
+        let version = if t % 2 == 0 { "v2" } else { "v1" };
+        // 9 units, one at a time per host: about 8 s.
+        let delay = Duration::from_millis(rng.below(8000));
+        let mut child = std::process::Command::new(crate::fleet::BIN)
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "deploy",
+                "--version",
+                version,
+                "--redeploy",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let _ = child.wait();
+        let what = format!("front trial {t} (seed {seed}, kill after {delay:?})");
+        let rec = changeover(&config, &["recover"]);
+        assert_eq!(rec.status.code(), Some(0), "{what}\n{}", text(&rec));
+        if !String::from_utf8_lossy(&rec.stdout).contains("nothing to recover") {
+            mid_way += 1;
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let now = fleet.lb_states();
+            let weights: BTreeMap<String, u32> =
+                now.iter().map(|(u, (_, w))| (u.clone(), *w)).collect();
+            if weights == expected && now.values().all(|(s, _)| s == "UP") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {now:?}, expected weights {expected:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for v in fleet.versions() {
+            assert!(v == "v1" || v == "v2", "{what}: an instance runs {v:?}");
+        }
+    }
+    eprintln!("{n} front trials, {mid_way} killed mid-rollout");
+    assert!(
+        mid_way > 0,
+        "no trial killed a rollout mid-way (seed {seed})"
+    );
+    let out = changeover(&config, &["deploy", "--version", "v3"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(fleet.versions(), vec!["v3"; 9]);
+}
