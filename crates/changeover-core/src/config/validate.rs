@@ -179,10 +179,14 @@ impl<'a> Validator<'a> {
             Ok(t) => Some(t),
             Err(unknown) => {
                 let value_span = self.span(&path);
-                // Point at the placeholder itself inside the string (after the opening quote).
-                let span = value_span.map(|s| {
-                    let start = (s.start + 1 + unknown.start).min(s.end);
-                    start..(s.start + 1 + unknown.end).min(s.end)
+                // Point at the placeholder itself inside the string. Its
+                // offset in the decoded string is not its offset in the
+                // file once escapes, `"""` or `'` come before it (and may
+                // fall inside a character there), so find it in the file.
+                let needle = format!("{{{}}}", unknown.name);
+                let span = value_span.map(|s| match self.text[s.clone()].find(&needle) {
+                    Some(at) => s.start + at..s.start + at + needle.len(),
+                    None => s,
                 });
                 let suggestion = closest(&unknown.name, PLACEHOLDERS)
                     .map(|s| format!("did you mean `{{{s}}}`? "))

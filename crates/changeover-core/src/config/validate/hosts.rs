@@ -88,16 +88,15 @@ impl Validator<'_> {
                 1
             }
         };
+        // Saturating: a huge first_port must be refused, not overflow.
+        let last_port = |p: i64| p.saturating_add(count as i64 - 1);
         let first_port = match raw.first_port {
             None => None,
-            Some(p) if p >= 1 && p + count as i64 - 1 <= 65535 => Some(p as u16),
+            Some(p) if p >= 1 && last_port(p) <= 65535 => Some(p as u16),
             Some(p) => {
                 self.err(
                     path!["instances", "first_port"],
-                    format!(
-                        "ports {p}..{} are not all valid TCP ports",
-                        p + count as i64 - 1
-                    ),
+                    format!("ports {p}..{} are not all valid TCP ports", last_port(p)),
                     "out of range",
                     "instance k listens on first_port + k - 1, which must be 1 to 65535",
                 );
