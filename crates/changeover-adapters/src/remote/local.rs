@@ -2,7 +2,7 @@
 //! that are not reached over SSH at all.
 
 use async_trait::async_trait;
-use changeover_core::remote::{CommandOutput, Remote, RemoteError};
+use changeover_core::remote::{CommandOutput, Remote, RemoteError, StepId, StepRecord};
 use changeover_core::unit::Host;
 use std::process::Stdio;
 use std::time::Duration;
@@ -43,6 +43,27 @@ impl Remote for LocalRemote {
         timeout: Duration,
     ) -> Result<CommandOutput, RemoteError> {
         self.execute(host, command, Some(input), timeout).await
+    }
+
+    /// Detached, as `remote::step` describes.
+    async fn run_step(
+        &self,
+        host: &Host,
+        command: &str,
+        step: &StepId,
+        timeout: Duration,
+    ) -> Result<CommandOutput, RemoteError> {
+        super::step::run_step(self, host, command, step, timeout).await
+    }
+
+    async fn wait_steps(
+        &self,
+        host: &Host,
+        deploy_id: &str,
+        unit: &str,
+        timeout: Duration,
+    ) -> Result<Vec<StepRecord>, RemoteError> {
+        super::step::wait_steps(self, host, deploy_id, unit, timeout).await
     }
 }
 

@@ -1,2 +1,3 @@
 pub mod local;
 pub mod ssh;
+pub mod step;

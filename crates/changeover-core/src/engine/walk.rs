@@ -7,7 +7,7 @@ use crate::event::{Event, Phase, UnitResult};
 use crate::journal::Record;
 use crate::lb::{LbAction, LbError, MemberStatus};
 use crate::plan::{DrainMode, OnTimeout};
-use crate::remote::{CommandOutput, Remote};
+use crate::remote::{CommandOutput, Remote, StepId};
 use crate::template::{Template, Vars};
 use crate::unit::Unit;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -405,23 +405,37 @@ impl Walk {
         let vars = self.vars();
         let local = deploy.local.iter().map(|t| (t, &self.dep.local, "local"));
         let remote = deploy.run.iter().map(|t| (t, &self.dep.remote, "run"));
-        for (template, executor, kind) in local.chain(remote) {
-            self.step(template, executor.as_ref(), kind, &vars, deploy.timeout)
-                .await?;
+        for (index, (template, executor, kind)) in local.chain(remote).enumerate() {
+            let id = StepId::for_unit(&self.dep.deploy_id, &self.unit, index);
+            self.step(
+                template,
+                executor.as_ref(),
+                kind,
+                &vars,
+                &id,
+                deploy.timeout,
+            )
+            .await?;
         }
         Ok(())
     }
 
+    /// One step, detached on its executor (`Remote::run_step`): killed there
+    /// at its timeout, and left to finish there if changeover dies.
     async fn step(
         &self,
         template: &Template,
         executor: &dyn Remote,
         kind: &str,
         vars: &Vars,
+        id: &StepId,
         limit: Duration,
     ) -> Result<(), Failure> {
         let command = template.render_shell(vars);
-        match executor.run(&self.unit.host, &command, limit).await {
+        match executor
+            .run_step(&self.unit.host, &command, id, limit)
+            .await
+        {
             Ok(out) if out.success() => Ok(()),
             Ok(out) => Err(Failure {
                 phase: Phase::Steps,
