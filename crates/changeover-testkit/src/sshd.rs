@@ -320,6 +320,45 @@ impl SshFleet {
         }
     }
 
+    /// Take host `index` off the network as far as SSH goes: kill its
+    /// `sshd` and every session process it forked, so open connections
+    /// (an ssh master's included) drop and new ones are refused.
+    pub fn drop_host(&mut self, index: usize) {
+        let Some(mut child) = self.servers.get_mut(index).and_then(Option::take) else {
+            return;
+        };
+        let root = child.id();
+        let mut doomed = vec![root];
+        // Descendants, from /proc (sshd forks a process per connection).
+        let mut frontier = vec![root];
+        while let Some(parent) = frontier.pop() {
+            for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                    continue;
+                };
+                // pid (comm) state ppid …; comm may hold spaces: after the last ')'.
+                let ppid = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                    .and_then(|p| p.parse::<u32>().ok());
+                if ppid == Some(parent) && !doomed.contains(&pid) {
+                    doomed.push(pid);
+                    frontier.push(pid);
+                }
+            }
+        }
+        for pid in doomed.iter().skip(1) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     fn start_servers(&mut self, launcher: &Launcher, host_keys: &[PathBuf]) -> Result<(), String> {
         for (i, host) in self.hosts.iter().enumerate() {
             let config = self.dir.path().join(format!("sshd_config_{}", i + 1));

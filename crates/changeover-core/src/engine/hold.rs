@@ -7,7 +7,7 @@
 
 use super::walk::{Msg, Walk};
 use crate::event::{Event, Phase};
-use crate::lb::LbAction;
+use crate::lb::{AdminState, LbAction};
 use std::time::Duration;
 
 /// How often a held-out unit's members are looked at.
@@ -24,7 +24,11 @@ impl Walk {
             for (li, lb) in self.dep.balancers.iter().enumerate() {
                 let status = lb.status(&[&self.unit]).await.into_iter().next();
                 let Some(Ok(s)) = status else { continue };
-                if !s.is_serving() {
+                // Back in rotation as far as the balancer's admin state
+                // goes, whatever its checks say: once the app answers it
+                // would get traffic before its health check passed.
+                let admin_in = s.admin == AdminState::Ready && s.weight.is_none_or(|w| w > 0);
+                if !admin_in {
                     continue;
                 }
                 let action = if lb.capabilities().distinct_disable {

@@ -345,3 +345,120 @@ fn journal_disk_full_mid_rollout_halts_with_every_written_unit_back() {
     }
     assert!(std::fs::metadata(&journal).unwrap().len() <= limit + 4096);
 }
+
+/// Health flaps: the check passes, fails, passes, fails… (a counter on the
+/// host decides, so it is the same however loaded the machine is), so
+/// `healthy_threshold = 2` passes in a row never happen; the unit fails at
+/// the deadline and stays out; nothing new starts.
+#[test]
+fn health_flapping_never_counts_as_healthy() {
+    let fleet = Fleet::builder(3).boot_time("300ms").start();
+    let config = fleet.config(None, "[strategy]\nbatch = 1\n");
+    let counter = fleet.dir.path().join("flap");
+    let flapping = format!(
+        "command = 'n=$(cat {c}-{{host}} 2>/dev/null || echo 0); echo $((n+1)) > {c}-{{host}}; [ $((n % 2)) -eq 0 ]'",
+        c = counter.display()
+    );
+    let text_cfg: String = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("http = ") {
+                flapping.clone()
+            } else {
+                l.to_string()
+            }
+        })
+        .map(|l| {
+            if l.starts_with("deadline = ") {
+                "deadline = \"3s\"".to_string()
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&config, text_cfg).unwrap();
+    let out = changeover(&config, &["deploy", "--version", "v2", "--json"]);
+    assert_invariant_4(&fleet, &config, &out, 1, &["web-1"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("failed in health"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        fleet.deploys(1).is_empty(),
+        "a new unit started after the failure"
+    );
+    // It really flapped: passes and failures both happened, many times.
+    let n: u64 = std::fs::read_to_string(format!("{}-web-1", counter.display()))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(n >= 4, "only {n} probes: it never flapped");
+}
+
+/// A host's sshd is gone before its turn (it was there at preflight): that
+/// unit fails in its steps, stays out, nothing new starts after it.
+#[test]
+fn sshd_gone_before_its_turn_fails_that_unit() {
+    let mut fleet = Fleet::builder(3).boot_time("300ms").start();
+    let config = fleet.config(None, "[strategy]\nbatch = 1\n");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config")
+        .arg(&config)
+        .args(["deploy", "--version", "v2", "--json"]);
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status_of(&fleet, "web-1") != "MAINT" {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Its sshd and every session it holds go away.
+    fleet.ssh.drop_host(1);
+    let out = child.wait_with_output().unwrap();
+    assert_invariant_4(&fleet, &config, &out, 1, &["web-2"]);
+    assert!(
+        fleet.deploys(2).is_empty(),
+        "web-3 started after web-2 failed"
+    );
+}
+
+/// The SSH connection drops in the middle of a step (the host's sshd and
+/// its sessions are killed while the step sleeps): that unit fails in its
+/// steps and stays out; the others are untouched and in.
+#[test]
+fn ssh_connection_dropped_mid_step_fails_that_unit() {
+    let mut fleet = Fleet::builder(3).boot_time("300ms").start();
+    let config = fleet.config(None, "[strategy]\nbatch = 1\n");
+    let slow = std::fs::read_to_string(&config).unwrap().replacen(
+        "run = \"DEPLOY_COUNT=1",
+        "run = \"sleep 3; DEPLOY_COUNT=1",
+        1,
+    );
+    std::fs::write(&config, slow).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config")
+        .arg(&config)
+        .args(["deploy", "--version", "v2", "--json"]);
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status_of(&fleet, "web-1") != "MAINT" {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    fleet.ssh.drop_host(0);
+    let out = child.wait_with_output().unwrap();
+    assert_invariant_4(&fleet, &config, &out, 1, &["web-1"]);
+    assert!(fleet.deploys(1).is_empty() && fleet.deploys(2).is_empty());
+}

@@ -224,3 +224,39 @@ fn open_connections(text: &str) -> Option<u64> {
     let (before, _) = text.split_once(" open connection(s) on the host")?;
     before.rsplit("still ").next()?.trim().parse().ok()
 }
+
+/// Drain never reaches 0 with `on_timeout = "proceed"`: the unit goes on
+/// after the timeout, the event and the summary say so, and the rollout
+/// finishes.
+#[test]
+fn drain_never_reaching_zero_with_proceed_goes_on_and_says_so() {
+    let fleet = Fleet::builder(2).start();
+    let _conn = held_connection(&fleet, 0);
+    let config = fleet.config(
+        None,
+        &format!(
+            "[instances]\nfirst_port = {}\n\n[drain]\nmode = \"host\"\nlocal_address = \"{{address}}\"\ntimeout = \"2s\"\non_timeout = \"proceed\"\ninterval = \"200ms\"\n\n[strategy]\nbatch = 1\n",
+            fleet.port
+        ),
+    );
+    let out = changeover(&config, &["deploy", "--version", "v2", "--json"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let timeout_event = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "drain_timeout")
+        .unwrap_or_else(|| panic!("no drain_timeout event\n{all}"));
+    assert_eq!(timeout_event["unit"], "web-1#1", "{timeout_event}");
+    assert_eq!(timeout_event["proceeded"], true, "{timeout_event}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("proceeding anyway"),
+        "{all}"
+    );
+    assert_eq!(fleet.versions(), ["v2", "v2"], "{all}");
+    for name in ["web-1", "web-2"] {
+        fleet
+            .haproxy
+            .wait_for_status(name, "UP", Duration::from_secs(10));
+    }
+}
