@@ -263,6 +263,90 @@ async fn output_and_exit_status_come_back_over_ssh_and_the_directory_goes() {
 }
 
 #[tokio::test]
+async fn a_step_that_leaves_a_process_holding_its_output_still_ends() {
+    let fleet = SshFleet::start(1);
+    let remote = remote_for(fleet.ssh_config_path());
+    let h = host(&fleet.hosts()[0]);
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path().display();
+    // The background sleep keeps the step's stdout open after its shell
+    // exited: the step is done, and what it started is left alone.
+    let command = format!("sleep 20 & echo $! > {d}/bg; echo started; exit 0");
+    let id = step(&deploy_id("held"), &h.name, 0);
+    let started = Instant::now();
+    let out = remote.run_step(&h, &command, &id, LONG).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.status, Some(0));
+    assert!(out.stderr.contains("output not available"), "{out:?}");
+    let bg = read_number(&work.path().join("bg"));
+    assert!(
+        Path::new(&format!("/proc/{bg}")).exists(),
+        "a process the step started was killed"
+    );
+    let _ = Command::new("kill").arg(bg.to_string()).status();
+    remote.close().await;
+}
+
+/// Kill -9 the ssh processes whose command line names `dir` (the masters
+/// of the remote whose control directory it is); how many there were.
+fn kill_masters_in(dir: &Path) -> usize {
+    let needle = dir.to_str().unwrap();
+    let mut killed = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.first().is_some_and(|a| a == "ssh") && args.iter().any(|a| a.contains(needle)) {
+            let pid = entry.file_name().to_string_lossy().into_owned();
+            if Command::new("kill")
+                .args(["-KILL", &pid])
+                .status()
+                .unwrap()
+                .success()
+            {
+                killed += 1;
+            }
+        }
+    }
+    killed
+}
+
+#[tokio::test]
+async fn a_step_whose_connection_breaks_is_found_again_and_waited_for() {
+    let fleet = SshFleet::start(1);
+    let remote = remote_for(fleet.ssh_config_path());
+    let h = host(&fleet.hosts()[0]);
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path().display();
+    let command = format!("touch {d}/started; sleep 2; echo late; touch {d}/finished");
+    let id = step(&deploy_id("reattach"), &h.name, 0);
+    let run = remote.run_step(&h, &command, &id, LONG);
+    let breaker = async {
+        let started = work.path().join("started");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !started.exists() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        kill_masters_in(&remote.control_dir().unwrap())
+    };
+    let (out, killed) = tokio::join!(run, breaker);
+    assert_eq!(killed, 1, "the step's master was killed mid-step");
+    let out = out.unwrap();
+    assert_eq!(out.stdout, "late\n");
+    assert!(work.path().join("finished").exists());
+    assert!(!dir_of(&id).exists());
+    remote.close().await;
+}
+
+#[tokio::test]
 async fn a_step_past_its_timeout_is_killed_on_the_host_with_its_whole_group() {
     let fleet = SshFleet::start(1);
     let remote = remote_for(fleet.ssh_config_path());
