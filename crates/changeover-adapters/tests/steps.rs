@@ -467,6 +467,14 @@ async fn a_step_still_running_past_the_wait_bound_is_killed_and_reported() {
     helper.wait().unwrap();
 
     let remote = remote_for(fleet.ssh_config_path());
+    // The same step again while it runs is refused, and starts nothing.
+    let again = remote.run_step(&h, "touch never", &id, LONG).await;
+    match again {
+        Err(RemoteError::Exec { message, .. }) => {
+            assert!(message.contains("already running"), "{message}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
     let started = Instant::now();
     let records = remote
         .wait_steps(&h, &deploy, "web-1#2", Duration::from_secs(1))

@@ -456,7 +456,9 @@ fn exec_error(host: &Host, command: &str, message: impl Into<String>) -> RemoteE
 }
 
 /// Run a launcher and read its answer; a launcher that printed no marker
-/// at all (no `sh`, a broken login shell) is an error with its stderr.
+/// at all (no `sh`, a broken login shell) is an error with its stderr. What
+/// the launcher reports as an error is in `Answer::error` (see
+/// [`refused`]): the command ran, and trying again will not help.
 async fn launch<R: Remote + ?Sized>(
     remote: &R,
     host: &Host,
@@ -472,10 +474,8 @@ async fn launch<R: Remote + ?Sized>(
         .await
         .map_err(|e| renamed(e, command))?;
     let answer = parse(&out.stdout, &token).map_err(|e| exec_error(host, command, e))?;
-    if let Some(error) = &answer.error {
-        return Err(exec_error(host, command, format!("on the host: {error}")));
-    }
-    let said_something = !answer.blocks.is_empty()
+    let said_something = answer.error.is_some()
+        || !answer.blocks.is_empty()
         || answer.running
         || answer.missing
         || answer.nosetsid
@@ -499,6 +499,14 @@ async fn launch<R: Remote + ?Sized>(
     Ok(answer)
 }
 
+/// The error the launcher reported, if any.
+fn refused(answer: &Answer, host: &Host, command: &str) -> Result<(), RemoteError> {
+    match &answer.error {
+        Some(error) => Err(exec_error(host, command, format!("on the host: {error}"))),
+        None => Ok(()),
+    }
+}
+
 /// Remove finished steps' directories; a failure only leaves them for the
 /// pruning (or `wait_steps`).
 async fn forget<R: Remote + ?Sized>(
@@ -511,7 +519,10 @@ async fn forget<R: Remote + ?Sized>(
 ) {
     let mut args = vec![deploy, unit];
     args.extend(indices.iter().map(String::as_str));
-    if let Err(e) = launch(remote, host, command, "forget", &args, SHORT).await {
+    let forgotten = launch(remote, host, command, "forget", &args, SHORT)
+        .await
+        .and_then(|answer| refused(&answer, host, command));
+    if let Err(e) = forgotten {
         tracing::warn!(host = %host.name, "cannot remove a finished step's directory on the host: {e}");
     }
 }
@@ -575,6 +586,9 @@ pub async fn run_step<R: Remote + ?Sized>(
             }
         }
     };
+    // A step with this id still running (a deploy id used twice), a root
+    // that is not ours: reported by the launcher, nothing was started.
+    refused(&answer, host, command)?;
     if answer.nosetsid {
         tracing::warn!(
             host = %host.name,
@@ -594,7 +608,7 @@ pub async fn run_step<R: Remote + ?Sized>(
             KILL_GRACE + SHORT,
         )
         .await;
-        if killed.is_ok() {
+        if killed.is_ok_and(|answer| answer.error.is_none()) {
             forget(remote, host, command, &deploy, &unit, &[index]).await;
         }
         return Err(timed_out());
@@ -640,6 +654,7 @@ pub async fn wait_steps<R: Remote + ?Sized>(
         timeout + KILL_GRACE + EXEC_MARGIN,
     )
     .await?;
+    refused(&answer, host, &what)?;
     let mut records: Vec<StepRecord> = answer
         .blocks
         .iter()
