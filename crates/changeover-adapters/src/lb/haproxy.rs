@@ -532,6 +532,14 @@ impl HaproxyLb {
                 }
             }
         }
+        // Every answer ends with an empty line; without it the answer was
+        // cut off, and a cut inside the last field would still parse.
+        if !(answer.ends_with("\n\n") || answer.ends_with("\n\r\n")) {
+            return Err(protocol(format!(
+                "the answer to `show stat` is cut off (no empty line at its end): …{}",
+                tail(&answer)
+            )));
+        }
         let (state_block, stat_block) = (dumps[0], dumps[1]);
         let states = parse_servers_state(state_block).map_err(protocol)?;
         let stats = parse_stat_csv(stat_block).map_err(protocol)?;
@@ -660,6 +668,16 @@ fn parse_stat_csv(text: &str) -> Result<Vec<StatRow>, String> {
     let mut rows = Vec::new();
     for line in lines {
         let fields = csv_fields(line);
+        // A row cut short or with a field too many would put values under
+        // the wrong columns (a lost scur reads as 0 sessions).
+        if fields.len() != names.len() {
+            return Err(format!(
+                "show stat: a row has {} fields, the header {}: {}",
+                fields.len(),
+                names.len(),
+                abbreviate(line)
+            ));
+        }
         let get = |i: Option<usize>| i.and_then(|i| fields.get(i)).map_or("", |s| s.as_str());
         let server = get(Some(sv));
         if server == "FRONTEND" || server == "BACKEND" {
@@ -679,7 +697,9 @@ fn parse_stat_csv(text: &str) -> Result<Vec<StatRow>, String> {
             status: get(Some(status)).to_string(),
             weight: get(weight).parse().ok(),
             iweight: get(iweight).parse().ok(),
-            sessions: number(Some(scur))? + number(qcur)?,
+            sessions: number(Some(scur))?
+                .checked_add(number(qcur)?)
+                .ok_or_else(|| format!("show stat: scur + qcur overflow (server {server})"))?,
         });
     }
     Ok(rows)
@@ -730,6 +750,14 @@ fn parse_servers_state(text: &str) -> Result<Vec<StateRow>, String> {
     let mut rows = Vec::new();
     for line in lines {
         let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() != names.len() {
+            return Err(format!(
+                "show servers state: a row has {} fields, the header {}: {}",
+                fields.len(),
+                names.len(),
+                abbreviate(line)
+            ));
+        }
         let get = |i: usize| fields.get(i).copied().unwrap_or("");
         let number = |i: usize, name: &str| -> Result<u32, String> {
             get(i).parse().map_err(|_| {
@@ -869,6 +897,11 @@ fn duplicate(e: &LbError) -> LbError {
         },
         LbError::Other(m) => LbError::Other(m.clone()),
     }
+}
+
+/// The last line of an answer, for messages.
+fn tail(text: &str) -> String {
+    abbreviate(text.trim_end().lines().last().unwrap_or(""))
 }
 
 fn abbreviate(text: &str) -> String {
