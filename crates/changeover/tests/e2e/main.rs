@@ -6,6 +6,7 @@ mod frontend;
 mod crash;
 mod faults;
 mod gate;
+mod hostile_input;
 mod lifecycle;
 
 use changeover_testkit::load::{LoadGen, LoadOptions};
