@@ -50,6 +50,7 @@ pub async fn deployment(
             user: plan.ssh.user.clone(),
             max_connections: plan.ssh.max_connections,
             connect_timeout: plan.ssh.connect_timeout,
+            control_persist: plan.ssh.control_persist,
             ..ssh::SshOptions::default()
         }))
     } else {

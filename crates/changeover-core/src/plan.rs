@@ -74,6 +74,9 @@ pub struct SshSettings {
     pub user: Option<String>,
     pub max_connections: usize,
     pub connect_timeout: Duration,
+    /// How long an idle SSH master outlives its last use (and so, at most,
+    /// a killed run).
+    pub control_persist: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

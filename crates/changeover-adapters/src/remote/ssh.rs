@@ -799,6 +799,7 @@ fn remove_stale_control_dirs(base: &Path) {
             continue;
         }
         stop_stale_masters(&path);
+        kill_processes_naming(&path);
         match std::fs::remove_dir_all(&path) {
             Ok(()) => {
                 tracing::debug!(dir = %path.display(), "removed a dead run's SSH control directory")
@@ -806,6 +807,46 @@ fn remove_stale_control_dirs(base: &Path) {
             Err(e) => {
                 tracing::debug!(dir = %path.display(), "cannot remove a dead run's SSH control directory: {e}")
             }
+        }
+    }
+}
+
+/// SIGTERM every process of this user whose command line names `dir` (a
+/// dead run's control directory): a master caught mid-handshake when its
+/// run died has no socket to be asked to exit on, and would otherwise live
+/// until its persist timeout. Linux `/proc`; elsewhere the timeout bounds it.
+fn kill_processes_naming(dir: &Path) {
+    let Some(uid) = own_uid() else { return };
+    let needle = dir.as_os_str().as_encoded_bytes().to_vec();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        match std::fs::metadata(entry.path()) {
+            Ok(meta) if meta.uid() == uid => {}
+            _ => continue,
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline
+            .windows(needle.len())
+            .any(|w| w == needle.as_slice())
+            && pid != std::process::id() as i32
+        {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
         }
     }
 }

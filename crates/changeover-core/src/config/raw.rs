@@ -57,6 +57,7 @@ pub struct RawSsh {
     pub user: Option<String>,
     pub max_connections: Option<i64>,
     pub connect_timeout: Option<String>,
+    pub control_persist: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

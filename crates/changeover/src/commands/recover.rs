@@ -409,6 +409,55 @@ async fn restore(
     if target.policy.uses_ssh(&plan.load_balancers) && !hosts.is_empty() {
         let _ = dep.remote.connect_all(&hosts).await;
     }
+    // A step the crashed deploy started may still be running on the host
+    // (steps outlive changeover): wait for it, bounded by the step
+    // timeout, and say how it ended, before probing the unit.
+    let step_limit = target.policy.deploy.timeout;
+    let waits = futures::future::join_all(work.iter().map(|(unit, _)| {
+        let (remote, local) = (Arc::clone(&dep.remote), Arc::clone(&dep.local));
+        let (deploy_id, name) = (u.deploy_id.clone(), unit.name());
+        let host = Arc::clone(&unit.host);
+        async move {
+            let mut ended = local.wait_steps(&host, &deploy_id, &name, step_limit).await;
+            if !Arc::ptr_eq(&remote, &local) {
+                let far = remote
+                    .wait_steps(&host, &deploy_id, &name, step_limit)
+                    .await;
+                ended = match (ended, far) {
+                    (Ok(mut a), Ok(b)) => {
+                        a.extend(b);
+                        Ok(a)
+                    }
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                };
+            }
+            (name, ended)
+        }
+    }))
+    .await;
+    for (name, ended) in &waits {
+        match ended {
+            Ok(records) => {
+                for r in records {
+                    eprintln!(
+                        "  {name}: step {} ({}) {}",
+                        r.index + 1,
+                        r.command,
+                        match (&r.end, r.output.status) {
+                            (changeover_core::remote::StepEnd::Exited, Some(0)) =>
+                                "had finished: exit 0".to_string(),
+                            (changeover_core::remote::StepEnd::Exited, Some(c)) =>
+                                format!("had finished: exit {c}"),
+                            (changeover_core::remote::StepEnd::TimedOut, _) =>
+                                "ran past its timeout and was killed".to_string(),
+                            (other, _) => format!("{other:?}"),
+                        }
+                    );
+                }
+            }
+            Err(e) => eprintln!("  {name}: cannot read its steps on the host: {e}"),
+        }
+    }
     // Probe every unit at once: each may take up to the health deadline.
     let health =
         futures::future::join_all(work.iter().map(|(unit, _)| {

@@ -87,6 +87,12 @@ fn assert_all_back(fleet: &Fleet, weights: &[u32], what: &str) {
 fn kill_9_anywhere_then_recover_puts_everything_back() {
     let fleet = Fleet::builder(6).start();
     let config = fleet.config(None, "[strategy]\nbatch = 2\n");
+    // Killed runs' idle SSH masters live at most this long.
+    let text_cfg = std::fs::read_to_string(&config).unwrap().replace(
+        "connect_timeout = \"5s\"\n",
+        "connect_timeout = \"5s\"\ncontrol_persist = \"5s\"\n",
+    );
+    std::fs::write(&config, text_cfg).unwrap();
     // Weights an operator set by hand: they must come back exactly.
     let weights: Vec<u32> = (0..6).map(|i| 10 + i as u32).collect();
     for (i, (name, _)) in fleet.hosts.iter().enumerate() {
@@ -173,6 +179,22 @@ fn kill_9_anywhere_then_recover_puts_everything_back() {
         text(&out)
     );
     assert_eq!(fleet.versions(), vec!["v3".to_string(); 6]);
+    // Nothing lingers: every killed run's ssh masters are gone (stopped by
+    // the next run, or by their persist bound, 5 s here), a bounded time
+    // later.
+    let ssh_config = fleet.ssh.ssh_config_path().display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let alive = ssh_processes_using(&ssh_config);
+        if alive.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ssh processes of killed runs still alive: {alive:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let report = rt.block_on(load.stop());
     eprintln!(
         "{n} trials, {killed_mid_way} killed mid-rollout; load: {} requests, {} failed",
@@ -436,4 +458,92 @@ fn recover_stops_when_the_config_no_longer_names_the_journals_balancer() {
             .haproxy
             .wait_for_status(name, "UP", Duration::from_secs(15));
     }
+}
+
+/// Killed in the middle of a step: the step runs on to its end on the host
+/// (detached from the SSH session), and `recover` waits for it and reads
+/// its result before probing the unit, so the unit is never put back while
+/// the step is still restarting it.
+#[test]
+fn recover_waits_for_a_step_the_killed_deploy_left_running() {
+    let fleet = Fleet::builder(2).boot_time("300ms").start();
+    let config = fleet.config(None, "[strategy]\nbatch = 1\n");
+    let slow = std::fs::read_to_string(&config).unwrap().replacen(
+        "run = \"DEPLOY_COUNT=1",
+        "run = \"sleep 3; DEPLOY_COUNT=1",
+        1,
+    );
+    std::fs::write(&config, slow).unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "deploy",
+            "--version",
+            "v2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fleet.haproxy.server("web-1").status != "MAINT" {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(800)); // inside `sleep 3`
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        fleet.deploys(0).is_empty(),
+        "the step had not reached the restart yet"
+    );
+    let t = Instant::now();
+    let rec = changeover(&config, &["recover"]);
+    assert_eq!(rec.status.code(), Some(0), "{}", text(&rec));
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "recover did not wait for the step: {:?}",
+        t.elapsed()
+    );
+    assert!(
+        String::from_utf8_lossy(&rec.stderr).contains("had finished: exit 0"),
+        "{}",
+        text(&rec)
+    );
+    // The step ran to its end after changeover died: web-1 is on v2, and back.
+    assert_eq!(fleet.deploys(0), ["v2"]);
+    fleet
+        .haproxy
+        .wait_for_status("web-1", "UP", Duration::from_secs(15));
+    assert_eq!(fleet.versions()[0], "v2");
+}
+
+/// `ssh` client processes (masters included) whose command line names
+/// `config` (every SSH connection changeover makes here uses it).
+fn ssh_processes_using(config: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.chars().all(|c| c.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = raw
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_ssh = args
+            .first()
+            .is_some_and(|a| a == "ssh" || a.ends_with("/ssh"));
+        if is_ssh && args.iter().any(|a| a.contains(config)) {
+            out.push(format!("{pid}: {}", args.join(" ")));
+        }
+    }
+    out
 }

@@ -31,6 +31,12 @@ impl Validator<'_> {
                 Duration::from_secs(10),
                 false,
             ),
+            control_persist: self.duration(
+                path!["ssh", "control_persist"],
+                raw.control_persist.as_ref(),
+                Duration::from_secs(60),
+                false,
+            ),
         }
     }
 }
