@@ -462,3 +462,47 @@ fn ssh_connection_dropped_mid_step_fails_that_unit() {
     assert_invariant_4(&fleet, &config, &out, 1, &["web-1"]);
     assert!(fleet.deploys(1).is_empty() && fleet.deploys(2).is_empty());
 }
+
+/// A step hangs past its timeout: it is killed on the host (its whole
+/// process group), the unit fails in its steps and stays out, nothing new
+/// starts.
+#[test]
+fn step_hanging_past_its_timeout_is_killed_on_the_host() {
+    let fleet = Fleet::builder(3).boot_time("300ms").start();
+    let config = fleet.config(None, "[strategy]\nbatch = 1\n");
+    let marker = fleet.dir.path().join("hung-step-finished");
+    let hang = std::fs::read_to_string(&config)
+        .unwrap()
+        .replacen(
+            "run = \"DEPLOY_COUNT=1",
+            &format!(
+                "run = \"sleep 300 && touch {} && DEPLOY_COUNT=1",
+                marker.display()
+            ),
+            1,
+        )
+        .replace("timeout = \"30s\"", "timeout = \"2s\"");
+    std::fs::write(&config, hang).unwrap();
+    let t = Instant::now();
+    let out = changeover(&config, &["deploy", "--version", "v2", "--json"]);
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_invariant_4(&fleet, &config, &out, 1, &["web-1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not finish within"), "{err}");
+    // Nothing of the step is left running on the host.
+    std::thread::sleep(Duration::from_secs(1));
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&marker.display().to_string()) && !c.contains("nextest"))
+        .collect();
+    assert!(left.is_empty(), "the hung step still runs: {left:?}");
+    assert!(!marker.exists());
+    assert!(fleet.deploys(1).is_empty());
+}
