@@ -497,7 +497,7 @@ impl Walk {
     async fn confirm(&self) -> Result<(), Failure> {
         let limit = self
             .dep
-            .plan
+            .policy
             .health
             .as_ref()
             .map_or(Duration::from_secs(60), |h| h.deadline);

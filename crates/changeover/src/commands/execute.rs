@@ -97,6 +97,14 @@ pub async fn execute(ctx: &Ctx, req: Request) -> Executed {
     };
     let policy = &target.policy;
     let label = target.name.as_deref().unwrap_or("(whole fleet)");
+    if let Some(v) = &req.version {
+        if v.trim().is_empty() || v.starts_with('-') {
+            eprintln!(
+                "error: --version {v:?} is not a usable version: it must not be empty or start with '-' (a step would take it for an option); nothing was touched"
+            );
+            return Executed::exit(exit::USAGE);
+        }
+    }
     if policy.require_message && req.message.as_deref().is_none_or(|m| m.trim().is_empty()) {
         eprintln!(
             "error: target {label} requires a message: add --message \"why this {}\"; nothing was touched",

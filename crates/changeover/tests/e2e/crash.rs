@@ -117,6 +117,7 @@ fn kill_9_anywhere_then_recover_puts_everything_back() {
         // A rollout of all 6 (3 waves) takes about 4 s here: kill anywhere
         // in it, from preflight to the last confirm.
         let delay = Duration::from_millis(rng.below(4000));
+        let log = fleet.dir.path().join(format!("trial-{t}.log"));
         let mut child = Command::new(BIN)
             .args([
                 "--config",
@@ -127,14 +128,23 @@ fn kill_9_anywhere_then_recover_puts_everything_back() {
                 "--redeploy",
             ])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         std::thread::sleep(delay);
-        let finished = child.try_wait().unwrap().is_some();
+        let ended = child.try_wait().unwrap();
+        let finished = ended.is_some();
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
         let what = format!("trial {t} (seed {seed}, kill after {delay:?}, {version})");
+        // A deploy that ended on its own must have succeeded.
+        if let Some(status) = ended {
+            assert!(
+                status.success(),
+                "{what}: the deploy ended by itself with {status}:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
         let rec = changeover(&config, &["recover"]);
         assert_eq!(
             rec.status.code(),

@@ -488,6 +488,7 @@ fn kill_9_anywhere_in_a_front_tier_then_recover_restores_exact_weights() {
         let version = if t % 2 == 0 { "v2" } else { "v1" };
         // 9 units, one at a time per host: about 8 s.
         let delay = Duration::from_millis(rng.below(8000));
+        let log = fleet.tier.dir().join(format!("trial-{t}.log"));
         let mut child = std::process::Command::new(crate::fleet::BIN)
             .args([
                 "--config",
@@ -498,13 +499,22 @@ fn kill_9_anywhere_in_a_front_tier_then_recover_restores_exact_weights() {
                 "--redeploy",
             ])
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         std::thread::sleep(delay);
+        let ended = child.try_wait().unwrap();
         let _ = child.kill();
         let _ = child.wait();
         let what = format!("front trial {t} (seed {seed}, kill after {delay:?})");
+        // A deploy that ended on its own must have succeeded.
+        if let Some(status) = ended {
+            assert!(
+                status.success(),
+                "{what}: the deploy ended by itself with {status}:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
         let rec = changeover(&config, &["recover"]);
         assert_eq!(rec.status.code(), Some(0), "{what}\n{}", text(&rec));
         if !String::from_utf8_lossy(&rec.stdout).contains("nothing to recover") {

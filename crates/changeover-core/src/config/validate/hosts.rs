@@ -25,6 +25,15 @@ impl Validator<'_> {
             if h.name.trim().is_empty() || h.name.chars().any(|c| c.is_whitespace() || c == ',') {
                 self.err(path!["hosts", i, "name"], format!("host name `{}` is not usable", h.name), "bad name", "host names are non-empty and contain no spaces or commas (they are used in --force lists)");
             }
+            // A unit's version is recorded under `units/<unit>` in the store.
+            if h.name.contains('/') || h.name.len() > 180 {
+                self.err(
+                    path!["hosts", i, "name"],
+                    format!("host name `{}` cannot be a store key", h.name.chars().take(60).collect::<String>()),
+                    "bad name",
+                    "host names have no '/' and at most 180 bytes (each unit's version is recorded under units/<host>)",
+                );
+            }
             if h.address.trim().is_empty() {
                 self.err(
                     path!["hosts", i, "address"],
