@@ -1,8 +1,8 @@
 //! Deploy steps that run detached on the host, for both executors.
 //!
-//! A step is started by one `sh` script (sent as a single command, so any
-//! executor that runs `sh` command lines can run it) in a directory of its
-//! own, `${TMPDIR:-/tmp}/changeover-steps/<deploy>/<unit>/<index>/` (mode
+//! A step is started by one `sh` script (`sh -s`, the script on stdin, so
+//! any executor that runs command lines with an input can run it) in a
+//! directory of its own, `${TMPDIR:-/tmp}/changeover-steps/<deploy>/<unit>/<index>/` (mode
 //! 700, names percent-encoded and shell-quoted):
 //!
 //! - `run.sh`, started with `setsid` (stdin, stdout and stderr on
@@ -114,13 +114,19 @@ sleep "$((t/1000)).$(printf %03d "$((t%1000))")"
 kill_step "$d" "$g"
 "#;
 
-/// The launcher: `sh -c LAUNCHER changeover-step TOKEN MODE ARGS...`.
+/// The launcher: `sh -s changeover-step TOKEN MODE ARGS...` (`$1` is only
+/// there to name it in the process list), the script
+/// (this, in `main`, after [`FUNCS`] and the `write_*_sh` functions) on
+/// stdin. A script on stdin keeps the process list readable (the arguments
+/// are the step's names and command, not 5 KB of script); inside a function
+/// it is read whole before any of it runs, so nothing it starts can read
+/// part of it, and a script cut short runs not at all.
 const LAUNCHER: &str = r#"
 set -u
 umask 077
 root=${TMPDIR:-/tmp}/changeover-steps
-tok=$1 mode=$2
-shift 2
+tok=$2 mode=$3
+shift 3
 say() { printf 'co-step-%s %s\n' "$tok" "$*"; }
 fail() { say "error $*"; exit 1; }
 use_root() {
@@ -178,8 +184,8 @@ start)
   rm -rf -- "$d"
   mkdir -p -- "$d" 2>/dev/null || mkdir -p -- "$d" 2>/dev/null || mkdir -p -- "$d" ||
     fail "cannot create $d"
-  { printf '%s' "$7" > "$d/command" && printf '%s' "$8" > "$d/run.sh" &&
-    printf '%s' "$9" > "$d/timer.sh"; } || fail "cannot write in $d"
+  { printf '%s' "$7" > "$d/command" && write_run_sh > "$d/run.sh" &&
+    write_timer_sh > "$d/timer.sh"; } || fail "cannot write in $d"
   cat /proc/sys/kernel/random/boot_id > "$d/boot" 2>/dev/null || rm -f -- "$d/boot"
   setsid sh "$d/run.sh" "$d" "$4" "$5" "$6" < /dev/null > /dev/null 2>&1 &
   c=$!
@@ -410,10 +416,7 @@ fn millis(d: Duration) -> String {
 
 /// The command line that runs the launcher in `mode` with `args`.
 fn invocation(token: &str, mode: &str, args: &[&str]) -> String {
-    let mut line = String::from("sh -c ");
-    let script = format!("{FUNCS}{LAUNCHER}");
-    line.push_str(&quote(&script));
-    line.push_str(" changeover-step ");
+    let mut line = String::from("sh -s changeover-step ");
     line.push_str(&quote(token));
     line.push(' ');
     line.push_str(&quote(mode));
@@ -422,6 +425,15 @@ fn invocation(token: &str, mode: &str, args: &[&str]) -> String {
         line.push_str(&quote(arg));
     }
     line
+}
+
+/// The launcher's whole script, fed to `sh -s` on stdin.
+fn launcher_script() -> String {
+    format!(
+        "main() {{\n{FUNCS}\nwrite_run_sh() {{\ncat <<'CO_STEP_RUN_SH'\n{RUN_SH}\nCO_STEP_RUN_SH\n}}\n\
+         write_timer_sh() {{\ncat <<'CO_STEP_TIMER_SH'\n{FUNCS}{TIMER_SH}\nCO_STEP_TIMER_SH\n}}\n\
+         {LAUNCHER}\n}}\nmain \"$@\"\n"
+    )
 }
 
 /// POSIX single quotes; unlike `shlex`, never refuses (a NUL cannot reach
@@ -470,7 +482,7 @@ async fn launch<R: Remote + ?Sized>(
     let token = token();
     let line = invocation(&token, mode, args);
     let out = remote
-        .run(host, &line, limit)
+        .run_with_input(host, &line, launcher_script().as_bytes(), limit)
         .await
         .map_err(|e| renamed(e, command))?;
     let answer = parse(&out.stdout, &token).map_err(|e| exec_error(host, command, e))?;
@@ -527,8 +539,8 @@ async fn forget<R: Remote + ?Sized>(
     }
 }
 
-/// [`Remote::run_step`] for an executor whose `run` runs `sh` command lines
-/// on the host.
+/// [`Remote::run_step`] for an executor whose `run_with_input` runs `sh`
+/// command lines on the host.
 pub async fn run_step<R: Remote + ?Sized>(
     remote: &R,
     host: &Host,
@@ -547,15 +559,12 @@ pub async fn run_step<R: Remote + ?Sized>(
     let limit = timeout + KILL_GRACE + EXEC_MARGIN;
     let deadline = Instant::now() + limit;
     let (t_ms, g_ms, tail) = (millis(timeout), millis(KILL_GRACE), TAIL_BYTES.to_string());
-    let timer = format!("{FUNCS}{TIMER_SH}");
     let started = launch(
         remote,
         host,
         command,
         "start",
-        &[
-            &deploy, &unit, &index, &t_ms, &g_ms, &tail, command, RUN_SH, &timer,
-        ],
+        &[&deploy, &unit, &index, &t_ms, &g_ms, &tail, command],
         limit,
     )
     .await;
@@ -633,8 +642,8 @@ pub async fn run_step<R: Remote + ?Sized>(
     }
 }
 
-/// [`Remote::wait_steps`] for an executor whose `run` runs `sh` command
-/// lines on the host.
+/// [`Remote::wait_steps`] for an executor whose `run_with_input` runs `sh`
+/// command lines on the host.
 pub async fn wait_steps<R: Remote + ?Sized>(
     remote: &R,
     host: &Host,
