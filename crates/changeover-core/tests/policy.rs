@@ -190,7 +190,10 @@ fn override_errors_point_into_the_target() {
         "{e:?}"
     );
     let e = errors("[[hosts]]\nname = \"a/b\"\naddress = \"10.9.9.9\"\n");
-    assert!(e.iter().any(|m| m.contains("cannot be a store key")), "{e:?}");
+    assert!(
+        e.iter().any(|m| m.contains("cannot be a store key")),
+        "{e:?}"
+    );
     let e = errors("[status]\nversion_command = \"cat /opt/shop/VERSION\"\n");
     assert!(
         e.iter()

@@ -114,9 +114,18 @@ fn kill_9_anywhere_then_recover_puts_everything_back() {
     let mut killed_mid_way = 0;
     for t in 0..n {
         let version = if t % 2 == 0 { "v2" } else { "v1" };
-        // A rollout of all 6 (3 waves) takes about 4 s here: kill anywhere
-        // in it, from preflight to the last confirm.
-        let delay = Duration::from_millis(rng.below(4000));
+        // A rollout of all 6 (3 waves) takes about 3 s once it has begun:
+        // kill anywhere in it, counted from its `begin` record so that a
+        // slow preflight on a loaded machine does not shift every kill
+        // point past the end; one trial in eight is killed in preflight.
+        let in_preflight = rng.below(8) == 0;
+        let delay = Duration::from_millis(if in_preflight {
+            rng.below(500)
+        } else {
+            rng.below(3500)
+        });
+        let journal = fleet.dir.path().join("state/journal.ndjson");
+        let before = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
         let log = fleet.dir.path().join(format!("trial-{t}.log"));
         let mut child = Command::new(BIN)
             .args([
@@ -131,6 +140,9 @@ fn kill_9_anywhere_then_recover_puts_everything_back() {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
+        if !in_preflight {
+            wait_for_begin(&journal, before, &mut child);
+        }
         std::thread::sleep(delay);
         let ended = child.try_wait().unwrap();
         let finished = ended.is_some();
@@ -556,4 +568,16 @@ fn ssh_processes_using(config: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Wait until the journal grew past `before` (the deploy wrote `begin`), or
+/// the deploy ended, bounded.
+pub(crate) fn wait_for_begin(journal: &Path, before: u64, child: &mut std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(journal).map(|m| m.len()).unwrap_or(0) <= before {
+        if child.try_wait().unwrap().is_some() || Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

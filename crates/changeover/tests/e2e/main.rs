@@ -1,10 +1,10 @@
 //! End-to-end: the real binary against real HAProxy and a fleet of real sshd
 //! on 127.0.1.x, with steady load through HAProxy.
 
-mod fleet;
-mod frontend;
 mod crash;
 mod faults;
+mod fleet;
+mod frontend;
 mod gate;
 mod hostile_input;
 mod lifecycle;
