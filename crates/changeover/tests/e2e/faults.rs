@@ -79,6 +79,27 @@ fn deploy_with(
     child.wait_with_output().unwrap()
 }
 
+/// `deploy --version v2 --json` in the background, output piped.
+fn spawn_deploy(config: &Path) -> std::process::Child {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(["deploy", "--version", "v2", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait (bounded) until `name`'s HAProxy status is `status`.
+fn wait_for(fleet: &Fleet, name: &str, status: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status_of(fleet, name) != status {
+        assert!(Instant::now() < deadline, "{name} never became {status}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn status_of(fleet: &Fleet, name: &str) -> String {
     fleet.haproxy.server(name).status
 }
@@ -87,21 +108,9 @@ fn status_of(fleet: &Fleet, name: &str) -> String {
 fn haproxy_reloaded_mid_rollout_the_held_out_unit_is_taken_out_again() {
     let mut fleet = Fleet::builder(3).boot_time("1500ms").start();
     let config = fleet.config(None, "[strategy]\nbatch = 1\n");
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--config")
-        .arg(&config)
-        .args(["deploy", "--version", "v2", "--json"]);
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_deploy(&config);
     // web-1 in maint (its steps are running): reload HAProxy.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while status_of(&fleet, "web-1") != "MAINT" {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(&fleet, "web-1", "MAINT");
     fleet.haproxy.reload();
     // Within a second it is out again, before its health check passed.
     let back_out = Instant::now() + Duration::from_secs(3);
@@ -214,11 +223,7 @@ fn ctrl_c_twice_stops_at_once_and_recover_puts_back() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while status_of(&fleet, "web-1") != "MAINT" {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(&fleet, "web-1", "MAINT");
     let pid = child.id().to_string();
     Command::new("kill").args(["-INT", &pid]).status().unwrap();
     std::thread::sleep(Duration::from_millis(100));
@@ -254,20 +259,8 @@ fn etcd_killed_mid_deploy_loses_the_lock_and_halts() {
             etcd.endpoint()
         ),
     );
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--config")
-        .arg(&config)
-        .args(["deploy", "--version", "v2", "--json"]);
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while status_of(&fleet, "web-1") != "MAINT" {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let child = spawn_deploy(&config);
+    wait_for(&fleet, "web-1", "MAINT");
     etcd.kill();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -405,20 +398,8 @@ fn health_flapping_never_counts_as_healthy() {
 fn sshd_gone_before_its_turn_fails_that_unit() {
     let mut fleet = Fleet::builder(3).boot_time("300ms").start();
     let config = fleet.config(None, "[strategy]\nbatch = 1\n");
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--config")
-        .arg(&config)
-        .args(["deploy", "--version", "v2", "--json"]);
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while status_of(&fleet, "web-1") != "MAINT" {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let child = spawn_deploy(&config);
+    wait_for(&fleet, "web-1", "MAINT");
     // Its sshd and every session it holds go away.
     fleet.ssh.drop_host(1);
     let out = child.wait_with_output().unwrap();
@@ -442,20 +423,8 @@ fn ssh_connection_dropped_mid_step_fails_that_unit() {
         1,
     );
     std::fs::write(&config, slow).unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--config")
-        .arg(&config)
-        .args(["deploy", "--version", "v2", "--json"]);
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while status_of(&fleet, "web-1") != "MAINT" {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let child = spawn_deploy(&config);
+    wait_for(&fleet, "web-1", "MAINT");
     std::thread::sleep(Duration::from_millis(500));
     fleet.ssh.drop_host(0);
     let out = child.wait_with_output().unwrap();
