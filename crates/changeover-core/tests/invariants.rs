@@ -1255,8 +1255,9 @@ async fn put_back_only_after_consecutive_passing_probes_after_the_steps() {
 /// web-2 never passes: it is never put back (left out, cut off) and the
 /// rollout halts; no probe of it passed before its failure.
 ///
-/// Kills: walk.rs `walk()`: `self.health().await.map_err(|f| (f, false))?;`
-/// → `let _ = self.health().await;` (put back although unhealthy).
+/// Kills: walk.rs `walk()`: the health result ignored
+/// (`self.health().await?` → `let _ = self.health().await;`: put back
+/// although unhealthy).
 #[tokio::test(start_paused = true)]
 async fn a_unit_that_never_passes_is_never_put_back() {
     let w = World::new(JournalCheck::Last);
