@@ -99,7 +99,7 @@ fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 fn spawn_helper(fleet: &SshFleet, persist_secs: u64, base: &Path, out: &Path) -> Child {
     let addresses: Vec<&str> = fleet.hosts().iter().map(|h| h.address.as_str()).collect();
     Command::new(std::env::current_exe().unwrap())
-        .args(["helper_process", "--exact", "--ignored", "--nocapture"])
+        .args(["helper_process", "--exact", "--nocapture"])
         .env("CO_HOLD_CONFIG", fleet.ssh_config_path())
         .env("CO_HOLD_ADDRESSES", addresses.join(","))
         .env("CO_HOLD_PERSIST", persist_secs.to_string())
@@ -113,7 +113,8 @@ fn spawn_helper(fleet: &SshFleet, persist_secs: u64, base: &Path, out: &Path) ->
 }
 
 #[test]
-#[ignore = "a helper process for the crash tests; does nothing unless CO_HOLD_CONFIG is set"]
+// Not a check of its own: the body of the helper process the crash tests
+// start (it returns at once unless CO_HOLD_CONFIG is set), so it runs, empty, in CI.
 fn helper_process() {
     let Ok(config) = std::env::var("CO_HOLD_CONFIG") else {
         return;
