@@ -169,9 +169,9 @@ pub async fn execute(ctx: &Ctx, req: Request) -> Executed {
     let first = run_once(
         ctx,
         &store,
+        &journal,
         &target,
         &req,
-        req.kind,
         &deploy_id,
         &holder,
         lost.clone(),
@@ -210,9 +210,9 @@ pub async fn execute(ctx: &Ctx, req: Request) -> Executed {
         let second = run_once(
             ctx,
             &store,
+            &journal,
             &target,
             &again,
-            Kind::Unify,
             &unify_id,
             &holder,
             lost,
@@ -296,14 +296,15 @@ struct Once {
 async fn run_once(
     ctx: &Ctx,
     store: &Arc<dyn Store>,
+    journal: &Arc<dyn changeover_core::journal::Journal>,
     target: &Target,
     req: &Request,
-    kind: Kind,
     deploy_id: &str,
     holder: &str,
     lost: Option<CancellationToken>,
     rollback_of: Option<String>,
 ) -> Once {
+    let kind = req.kind;
     let no = |code| Once {
         executed: Executed::exit(code),
         ran: false,
@@ -356,7 +357,6 @@ async fn run_once(
         );
         return no(exit::USAGE);
     }
-    let journal = changeover_adapters::store::journal(&plan.store, &plan.state_dir, store);
     let (rec_tx, rec_rx) = mpsc::unbounded_channel::<String>();
     let recorder = Arc::new(Recorder {
         inner: ctx.events.clone(),

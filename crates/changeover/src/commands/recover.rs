@@ -167,7 +167,7 @@ async fn recover_one(
         None => None,
         Some(name) => Some(take_dead_lock(plan.store.clone(), store.as_ref(), name, u).await?),
     };
-    let result = restore(ctx, store, journal, u).await;
+    let result = restore(ctx, journal, u).await;
     let (restored, left_out) = match result {
         Ok(r) => r,
         Err(s) => {
@@ -322,7 +322,6 @@ async fn take_dead_lock(
 /// Put back what can be put back. (restored units, left-out units with why)
 async fn restore(
     ctx: &Ctx,
-    _store: &Arc<dyn Store>,
     journal: &Arc<dyn Journal>,
     u: &Unfinished,
 ) -> Result<(Vec<String>, Vec<(String, String)>), Stop> {

@@ -114,49 +114,15 @@ fn kill_9_anywhere_then_recover_puts_everything_back() {
     let mut killed_mid_way = 0;
     for t in 0..n {
         let version = if t % 2 == 0 { "v2" } else { "v1" };
-        // A rollout of all 6 (3 waves) takes about 3 s once it has begun:
-        // kill anywhere in it, counted from its `begin` record so that a
-        // slow preflight on a loaded machine does not shift every kill
-        // point past the end; one trial in eight is killed in preflight.
-        let in_preflight = rng.below(8) == 0;
-        let delay = Duration::from_millis(if in_preflight {
-            rng.below(500)
-        } else {
-            rng.below(3500)
-        });
-        let journal = fleet.dir.path().join("state/journal.ndjson");
-        let before = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
-        let log = fleet.dir.path().join(format!("trial-{t}.log"));
-        let mut child = Command::new(BIN)
-            .args([
-                "--config",
-                config.to_str().unwrap(),
-                "deploy",
-                "--version",
-                version,
-                "--redeploy",
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        if !in_preflight {
-            wait_for_begin(&journal, before, &mut child);
-        }
-        std::thread::sleep(delay);
-        let ended = child.try_wait().unwrap();
-        let finished = ended.is_some();
-        let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
-        let what = format!("trial {t} (seed {seed}, kill after {delay:?}, {version})");
-        // A deploy that ended on its own must have succeeded.
-        if let Some(status) = ended {
-            assert!(
-                status.success(),
-                "{what}: the deploy ended by itself with {status}:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
+        // A rollout of all 6 (3 waves) takes about 3 s once it has begun.
+        let (what, finished) = kill_trial(
+            &config,
+            &fleet.dir.path().join("state"),
+            &mut rng,
+            Duration::from_millis(3500),
+            &format!("trial {t} (seed {seed}, {version})"),
+            version,
+        );
         let rec = changeover(&config, &["recover"]);
         assert_eq!(
             rec.status.code(),
@@ -568,6 +534,63 @@ fn ssh_processes_using(config: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// One kill point: `deploy --version V --redeploy`, SIGKILLed after a
+/// seeded delay of up to `window`, counted from its `begin` record (so a
+/// slow preflight on a loaded machine does not push every kill point past
+/// the end); one trial in eight is killed in preflight instead. A deploy
+/// that ended on its own must have succeeded (its stderr is in the
+/// message). Returns the trial's label and whether it had ended.
+pub(crate) fn kill_trial(
+    config: &Path,
+    state_dir: &Path,
+    rng: &mut Rng,
+    window: Duration,
+    label: &str,
+    version: &str,
+) -> (String, bool) {
+    let in_preflight = rng.below(8) == 0;
+    let delay = Duration::from_millis(if in_preflight {
+        rng.below(500)
+    } else {
+        rng.below(window.as_millis() as u64)
+    });
+    let journal = state_dir.join("journal.ndjson");
+    let before = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
+    let log = state_dir.with_file_name(format!("{}.log", label.replace(' ', "_")));
+    let mut child = Command::new(BIN)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "deploy",
+            "--version",
+            version,
+            "--redeploy",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    if !in_preflight {
+        wait_for_begin(&journal, before, &mut child);
+    }
+    std::thread::sleep(delay);
+    let ended = child.try_wait().unwrap();
+    let _ = child.kill(); // SIGKILL
+    let _ = child.wait();
+    let what = format!(
+        "{label}, killed {delay:?} after {}",
+        if in_preflight { "spawn" } else { "begin" }
+    );
+    if let Some(status) = ended {
+        assert!(
+            status.success(),
+            "{what}: the deploy ended by itself with {status}:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+    (what, ended.is_some())
 }
 
 /// Wait until the journal grew past `before` (the deploy wrote `begin`), or

@@ -486,46 +486,15 @@ fn kill_9_anywhere_in_a_front_tier_then_recover_restores_exact_weights() {
     let mut mid_way = 0;
     for t in 0..n {
         let version = if t % 2 == 0 { "v2" } else { "v1" };
-        // 9 units, one at a time per host: about 7 s once begun (see the
-        // global kill test for why the delay counts from `begin`).
-        let in_preflight = rng.below(8) == 0;
-        let delay = Duration::from_millis(if in_preflight {
-            rng.below(500)
-        } else {
-            rng.below(7000)
-        });
-        let journal = fleet.tier.dir().join("state/journal.ndjson");
-        let before = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
-        let log = fleet.tier.dir().join(format!("trial-{t}.log"));
-        let mut child = std::process::Command::new(crate::fleet::BIN)
-            .args([
-                "--config",
-                config.to_str().unwrap(),
-                "deploy",
-                "--version",
-                version,
-                "--redeploy",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        if !in_preflight {
-            crate::crash::wait_for_begin(&journal, before, &mut child);
-        }
-        std::thread::sleep(delay);
-        let ended = child.try_wait().unwrap();
-        let _ = child.kill();
-        let _ = child.wait();
-        let what = format!("front trial {t} (seed {seed}, kill after {delay:?})");
-        // A deploy that ended on its own must have succeeded.
-        if let Some(status) = ended {
-            assert!(
-                status.success(),
-                "{what}: the deploy ended by itself with {status}:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
+        // 9 units, one at a time per host: about 7 s once begun.
+        let (what, _) = crate::crash::kill_trial(
+            &config,
+            &fleet.tier.dir().join("state"),
+            &mut rng,
+            Duration::from_millis(7000),
+            &format!("front trial {t} (seed {seed})"),
+            version,
+        );
         let rec = changeover(&config, &["recover"]);
         assert_eq!(rec.status.code(), Some(0), "{what}\n{}", text(&rec));
         if !String::from_utf8_lossy(&rec.stdout).contains("nothing to recover") {
