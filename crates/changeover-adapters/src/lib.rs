@@ -8,7 +8,9 @@
 //! - [`witness`]: the traffic witness, steady HTTP load during a deploy that
 //!   counts every failed request
 
+pub mod consul;
 pub mod demo_app;
+pub mod discovery;
 pub mod health;
 pub mod lb;
 pub mod remote;

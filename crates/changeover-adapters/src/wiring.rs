@@ -1,6 +1,7 @@
 //! From a validated plan and a resolved target to a [`Deployment`]: choose
 //! and build the adapters (the factory; the binary only wires).
 
+use crate::discovery::consul::ConsulGate;
 use crate::health::{command::CommandProbe, http::HttpProbe, tcp::TcpProbe};
 use crate::lb::embedded::{EmbeddedLb, EmbeddedOptions};
 use crate::lb::haproxy::{self, HaproxyLb};
@@ -8,11 +9,12 @@ use crate::lb::{none::NoBalancer, per_host::PerHostLb};
 use crate::remote::{local::LocalRemote, ssh};
 use changeover_core::engine::Deployment;
 use changeover_core::event::EventSink;
-use changeover_core::health::HealthProbe;
+use changeover_core::health::{FleetHealth, HealthProbe};
 use changeover_core::journal::{Journal, MemoryJournal};
 use changeover_core::lb::LoadBalancer;
 use changeover_core::plan::{
-    HaproxySocket, HealthCheck, HealthSpec, LbKind, LbMethod, LbScope, LbSpec, Plan, Target,
+    GateSource, HaproxySocket, HealthCheck, HealthSpec, LbKind, LbMethod, LbScope, LbSpec, Plan,
+    Target,
 };
 use changeover_core::remote::Remote;
 use changeover_core::template::Vars;
@@ -63,6 +65,14 @@ pub async fn deployment(
         }
     }
     let health = policy.health.as_ref().map(|h| health_probe(h, &remote));
+    let gate: Option<Arc<dyn FleetHealth>> = match &policy.strategy.gate {
+        GateSource::Consul(c) if policy.strategy.wait_for_all_healthy => {
+            Some(Arc::new(ConsulGate::new(c).map_err(|e| {
+                format!("cannot set up the Consul gate: {e}")
+            })?))
+        }
+        _ => None,
+    };
     Ok(Deployment {
         plan: Arc::clone(plan),
         policy,
@@ -71,6 +81,7 @@ pub async fn deployment(
         remote,
         local,
         health,
+        gate,
         journal: args
             .journal
             .unwrap_or_else(|| Arc::new(MemoryJournal::default())),
@@ -206,6 +217,8 @@ pub fn offline_balancer(
                 tags: Vec::new(),
                 ssh_user: None,
                 ssh_port: None,
+                instance_id: None,
+                instances: None,
             });
             Arc::new(one(&here, None, local))
         }

@@ -30,6 +30,8 @@ fn unit(name: &str, address: &str) -> Unit {
             tags: vec![],
             ssh_user: None,
             ssh_port: None,
+            instance_id: None,
+            instances: None,
         }),
         instance: 1,
         port: None,

@@ -19,6 +19,8 @@ fn host(fleet_host: &FleetHost) -> Host {
         tags: Vec::new(),
         ssh_user: None,
         ssh_port: None,
+        instance_id: None,
+        instances: None,
     }
 }
 
@@ -431,6 +433,8 @@ fn local_host() -> Host {
         tags: Vec::new(),
         ssh_user: None,
         ssh_port: None,
+        instance_id: None,
+        instances: None,
     }
 }
 

@@ -23,6 +23,8 @@ fn host(fleet_host: &FleetHost) -> Host {
         tags: Vec::new(),
         ssh_user: None,
         ssh_port: None,
+        instance_id: None,
+        instances: None,
     }
 }
 
@@ -128,6 +130,8 @@ fn helper_process() {
             tags: Vec::new(),
             ssh_user: None,
             ssh_port: None,
+            instance_id: None,
+            instances: None,
         })
         .collect();
     let persist = Duration::from_secs(var("CO_HOLD_PERSIST").parse().unwrap());

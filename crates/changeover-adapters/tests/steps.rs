@@ -27,6 +27,8 @@ fn host(fleet_host: &FleetHost) -> Host {
         tags: Vec::new(),
         ssh_user: None,
         ssh_port: None,
+        instance_id: None,
+        instances: None,
     }
 }
 
@@ -37,6 +39,8 @@ fn local_host() -> Host {
         tags: Vec::new(),
         ssh_user: None,
         ssh_port: None,
+        instance_id: None,
+        instances: None,
     }
 }
 

@@ -95,6 +95,7 @@ fn bench(hosts: usize, instances: u32, strategy: &str) {
             remote: remote.clone(),
             local: remote.clone(),
             health: Some(Arc::new(SimProbe::default())),
+            gate: None,
             journal: Arc::new(MemoryJournal::default()),
             events: Arc::new(NullSink),
             deploy_id: "bench".into(),

@@ -3,6 +3,7 @@
 //! traits in [`lb`], [`remote`] and [`health`].
 
 pub mod config;
+pub mod discovery;
 pub mod engine;
 pub mod event;
 pub mod health;

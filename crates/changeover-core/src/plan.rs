@@ -27,6 +27,92 @@ pub struct Plan {
     pub state_dir: PathBuf,
     /// Where the lock, pointers, unit versions and history live.
     pub store: StoreSpec,
+    /// `[discovery]`: where more hosts come from (merged into `hosts` by
+    /// [`crate::discovery::merge`] before anything runs).
+    pub discovery: Option<DiscoverySpec>,
+    /// Where the fleet came from, and how many hosts each source gave
+    /// (`config` first; filled in by discovery).
+    pub fleet_sources: Vec<FleetSource>,
+}
+
+/// One source of the fleet, for `plan` and `check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetSource {
+    /// `config`, `command ./inventory.sh`, `consul http://127.0.0.1:8500 service shop`.
+    pub origin: String,
+    pub hosts: usize,
+}
+
+/// `[discovery]`: a fleet from a command or from Consul's catalog.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DiscoverySpec {
+    /// `command = "./inventory.sh"`: run locally (`sh -c`, in the config's
+    /// directory); prints a JSON array of hosts.
+    Command {
+        command: String,
+        /// The config's directory.
+        dir: PathBuf,
+        timeout: Duration,
+    },
+    /// `consul = { address, service, ... }`: `/v1/health/service/<service>`.
+    Consul(ConsulDiscovery),
+}
+
+impl DiscoverySpec {
+    /// For messages and `plan`: no secret in it.
+    pub fn origin(&self) -> String {
+        match self {
+            DiscoverySpec::Command { command, .. } => format!("command `{command}`"),
+            DiscoverySpec::Consul(c) => {
+                format!("consul {} service `{}`", c.endpoint.address, c.service)
+            }
+        }
+    }
+}
+
+/// How to reach a Consul agent (discovery, the gate and the store alike).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsulEndpoint {
+    /// `http(s)://host:port`, no path, no credentials.
+    pub address: String,
+    /// The environment variable holding the ACL token (never the token).
+    pub token_env: Option<String>,
+    /// A CA bundle (PEM) for `https://`.
+    pub ca_file: Option<PathBuf>,
+    /// `?dc=`; `None` = the agent's own datacenter.
+    pub datacenter: Option<String>,
+    /// Per-request timeout (a blocking query adds its wait on top).
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsulDiscovery {
+    pub endpoint: ConsulEndpoint,
+    pub service: String,
+    /// Only instances whose every check passes (`?passing`).
+    pub passing_only: bool,
+    /// Which address a host gets.
+    pub host_address: ConsulAddress,
+}
+
+/// `host_address`: Consul's own rule (`service`: the service's address,
+/// the node's when the service has none) or always the node's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsulAddress {
+    Service,
+    Node,
+}
+
+/// `[store] kind = "consul"`: Consul's KV and sessions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsulStoreSpec {
+    pub endpoint: ConsulEndpoint,
+    /// Every key lives under it; no leading `/`, ends with `/` (default
+    /// `changeover/<app>/`).
+    pub prefix: String,
+    /// The deploy lock's session TTL (Consul: 10s to 24h; it may wait up to
+    /// twice that before it frees a killed holder's lock).
+    pub lock_ttl: Duration,
 }
 
 /// `[store]`.
@@ -37,6 +123,7 @@ pub enum StoreSpec {
         dir: PathBuf,
     },
     Etcd(EtcdSpec),
+    Consul(ConsulStoreSpec),
 }
 
 impl StoreSpec {
@@ -44,6 +131,7 @@ impl StoreSpec {
         match self {
             StoreSpec::Local { .. } => "local",
             StoreSpec::Etcd(_) => "etcd",
+            StoreSpec::Consul(_) => "consul",
         }
     }
 }
@@ -83,6 +171,21 @@ pub struct SshSettings {
 pub struct Instances {
     pub count: u32,
     pub first_port: Option<u16>,
+}
+
+impl Instances {
+    /// Why `host`'s instances cannot all have a port, if they cannot.
+    pub fn ports_problem(&self, host: &Host) -> Option<String> {
+        let first = self.first_port?;
+        let count = host.instances.unwrap_or(self.count);
+        let last = first as u32 + count - 1;
+        (last > 65535).then(|| {
+            format!(
+                "host `{}` runs {count} instances from port {first}: port {last} does not exist",
+                host.name
+            )
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,8 +378,20 @@ pub struct StrategySpec {
     pub wait_for_all_healthy: bool,
     /// How long that gate may stay closed before the deploy halts.
     pub gate_timeout: Duration,
+    /// What the gate asks: the `[health]` check of every unit, or Consul.
+    pub gate: GateSource,
     /// What a failed deploy does next.
     pub on_failure: OnFailure,
+}
+
+/// `[strategy] gate`: who says whether the fleet is healthy.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GateSource {
+    /// `"health"`: one probe of every unit with the `[health]` check.
+    Health,
+    /// `"consul"`: one query of Consul's checks for the whole service per
+    /// look (the `[discovery] consul` service).
+    Consul(ConsulDiscovery),
 }
 
 /// `[strategy] on_failure`.
@@ -384,7 +499,7 @@ impl Plan {
         });
         let mut units = Vec::with_capacity(hosts.len() * self.instances.count as usize);
         for host in hosts {
-            for instance in 1..=self.instances.count {
+            for instance in 1..=host.instances.unwrap_or(self.instances.count) {
                 units.push(Arc::new(Unit {
                     index: units.len(),
                     host: Arc::clone(host),

@@ -110,6 +110,8 @@ mod tests {
                 tags: vec![],
                 ssh_user: None,
                 ssh_port: None,
+                instance_id: None,
+                instances: None,
             });
             for instance in 1..=instances {
                 units.push(Arc::new(Unit {

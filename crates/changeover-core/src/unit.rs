@@ -13,6 +13,41 @@ pub struct Host {
     pub ssh_user: Option<String>,
     /// Per-host SSH port override (falls back to ssh config).
     pub ssh_port: Option<u16>,
+    /// The cloud instance behind the host (e.g. an EC2 instance id), from
+    /// the config or discovery; shown by `plan`.
+    pub instance_id: Option<String>,
+    /// App instances on this host when it differs from `[instances] count`.
+    pub instances: Option<u32>,
+}
+
+/// Why `name` cannot name a host, if it cannot: it is used in `--force`
+/// lists and as a store key (`units/<host>`).
+pub fn host_name_problem(name: &str) -> Option<&'static str> {
+    if name.trim().is_empty() || name.chars().any(|c| c.is_whitespace() || c == ',') {
+        Some("host names are non-empty and contain no spaces or commas (they are used in --force lists)")
+    } else if name.contains('/') || name.len() > 180 {
+        Some("host names have no '/' and at most 180 bytes (each unit's version is recorded under units/<host>)")
+    } else {
+        None
+    }
+}
+
+/// Most app instances a host may run.
+pub const MAX_INSTANCES: u32 = 1000;
+
+impl Host {
+    /// A host with a name and an address, nothing else set.
+    pub fn new(name: impl Into<String>, address: impl Into<String>) -> Host {
+        Host {
+            name: name.into(),
+            address: address.into(),
+            tags: Vec::new(),
+            ssh_user: None,
+            ssh_port: None,
+            instance_id: None,
+            instances: None,
+        }
+    }
 }
 
 /// What a load balancer routes to: one instance on one host.

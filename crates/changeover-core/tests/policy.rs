@@ -183,15 +183,21 @@ fn override_errors_point_into_the_target() {
     assert!(e.iter().any(|m| m.contains("lock = 3")), "{e:?}");
     let e = errors("[targets.dev]\npointer = \"a/b\"\n");
     assert!(e.iter().any(|m| m.contains("pointer `a/b`")), "{e:?}");
-    let e = errors("[store]\nkind = \"consul\"\n");
+    let e = errors("[store]\nkind = \"consul\"\nlock_ttl = \"2s\"\n");
+    assert!(
+        e.iter().any(|m| m.contains("lock_ttl must be 10s to 24h")),
+        "{e:?}"
+    );
+    let e = errors("[store]\nkind = \"consul\"\nendpoints = [\"http://x:1\"]\n");
     assert!(
         e.iter()
-            .any(|m| m.contains("not available in this version")),
+            .any(|m| m.contains("`endpoints` is for kind = \"etcd\"")),
         "{e:?}"
     );
     let e = errors("[[hosts]]\nname = \"a/b\"\naddress = \"10.9.9.9\"\n");
     assert!(
-        e.iter().any(|m| m.contains("cannot be a store key")),
+        e.iter()
+            .any(|m| m.contains("host name `a/b` is not usable")),
         "{e:?}"
     );
     let e = errors("[status]\nversion_command = \"cat /opt/shop/VERSION\"\n");

@@ -138,7 +138,7 @@ fn main() {
             .map(|(i, a)| {
                 Arc::new(Unit {
                     index: i,
-                    host: Arc::new(Host { name: format!("b{i}"), address: a.ip().to_string(), tags: vec![], ssh_user: None, ssh_port: None }),
+                    host: Arc::new(Host { name: format!("b{i}"), address: a.ip().to_string(), tags: vec![], ssh_user: None, ssh_port: None, instance_id: None, instances: None }),
                     instance: 1,
                     port: Some(a.port()),
                 })

@@ -64,8 +64,21 @@ async fn run(cli: Cli) -> u8 {
             );
         }
     }
+    // Lock and history read the store only: no fleet needed.
+    let needs_fleet = !matches!(cli.command, Command::Lock { .. } | Command::History { .. });
+    let plan = if needs_fleet {
+        match changeover_adapters::discovery::discover(loaded.plan).await {
+            Ok(p) => p,
+            Err(e) => {
+                report_discovery_error(&cli, &e);
+                return exit::USAGE;
+            }
+        }
+    } else {
+        loaded.plan
+    };
     let ctx = Ctx {
-        plan: Arc::new(loaded.plan),
+        plan: Arc::new(plan),
         events: Arc::new(Reporter {
             json: cli.json,
             quiet: cli.quiet,
@@ -120,6 +133,20 @@ pub async fn watch_signals(stop: CancellationToken, abort: CancellationToken) {
             return;
         }
     }
+}
+
+fn report_discovery_error(cli: &Cli, e: &changeover_core::discovery::DiscoveryError) {
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::json!({"schema": 1, "event": "discovery_error", "origin": e.origin, "message": e.message})
+        );
+    }
+    eprintln!("error: cannot discover the fleet: {e}");
+    eprintln!(
+        "  check [discovery] in {}; nothing was touched",
+        cli.config.display()
+    );
 }
 
 fn report_config_errors(cli: &Cli, errors: ConfigErrors) {

@@ -3,7 +3,7 @@
 
 use changeover_adapters::remote::local::LocalRemote;
 use changeover_adapters::wiring;
-use changeover_core::plan::{DrainMode, HealthCheck, LbKind, OnTimeout, Plan, Rollout};
+use changeover_core::plan::{DrainMode, GateSource, HealthCheck, LbKind, OnTimeout, Plan, Rollout};
 use changeover_core::planner;
 use changeover_core::remote::Remote;
 use changeover_core::template::{Template, Vars};
@@ -41,6 +41,16 @@ impl PlanBalancer for (String, Template) {
     fn distinct_disable(&self) -> bool {
         true
     }
+}
+
+/// `12 host(s): 2 from config, 10 from consul http://… service `shop``.
+pub fn fleet_sources(plan: &Plan) -> String {
+    let parts: Vec<String> = plan
+        .fleet_sources
+        .iter()
+        .map(|f| format!("{} from {}", f.hosts, f.origin))
+        .collect();
+    format!("{} host(s): {}", plan.hosts.len(), parts.join(", "))
 }
 
 pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String, String> {
@@ -83,6 +93,7 @@ pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String
         hosts.len(),
         target.unwrap_or("(whole fleet)")
     );
+    let _ = writeln!(s, "fleet: {}", fleet_sources(plan));
     let _ = writeln!(
         s,
         "policy: pointer {}{}; lock {}{}{}",
@@ -128,9 +139,16 @@ pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String
         policy.strategy.max_failures.of_allow_zero(units.len())
     );
     if policy.strategy.wait_for_all_healthy {
+        let what = match &policy.strategy.gate {
+            GateSource::Health => "passes its health check".to_string(),
+            GateSource::Consul(c) => format!(
+                "passes its Consul checks (service `{}` at {}, one query per look)",
+                c.service, c.endpoint.address
+            ),
+        };
         let _ = writeln!(
             s,
-            "gate: a unit starts only when every unit of the fleet passes its health check (halt after {} closed)",
+            "gate: a unit starts only when every unit of the fleet {what} (halt after {} closed)",
             humantime::format_duration(policy.strategy.gate_timeout)
         );
     }

@@ -2,7 +2,9 @@
 //!
 //! - [`local`]: files under `state_dir` (the default)
 //! - [`etcd`]: an etcd v3 cluster, spoken to through its JSON gateway
+//! - [`consul`]: Consul's KV store and sessions
 
+pub mod consul;
 pub mod etcd;
 pub mod local;
 
@@ -16,6 +18,7 @@ pub async fn open(spec: &StoreSpec) -> Result<Arc<dyn Store>, StoreError> {
     match spec {
         StoreSpec::Local { dir } => Ok(Arc::new(local::LocalStore::new(dir))),
         StoreSpec::Etcd(spec) => Ok(Arc::new(etcd::EtcdStore::connect(spec).await?)),
+        StoreSpec::Consul(spec) => Ok(Arc::new(consul::ConsulStore::connect(spec).await?)),
     }
 }
 

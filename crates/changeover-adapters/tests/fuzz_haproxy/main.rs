@@ -146,6 +146,8 @@ fn unit(name: &str) -> Unit {
             tags: Vec::new(),
             ssh_user: None,
             ssh_port: None,
+            instance_id: None,
+            instances: None,
         }),
         instance: 1,
         port: None,

@@ -24,14 +24,38 @@ pub struct RawConfig {
     pub state_dir: Option<String>,
     pub witness: Option<RawWitness>,
     pub store: Option<RawStore>,
+    pub discovery: Option<RawDiscovery>,
     /// `[status] version_command`: not built yet, rejected by name.
     pub status: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawDiscovery {
+    pub command: Option<String>,
+    pub timeout: Option<String>,
+    pub consul: Option<RawConsulDiscovery>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RawConsulDiscovery {
+    pub address: Option<String>,
+    pub service: Option<String>,
+    pub passing_only: Option<bool>,
+    pub host_address: Option<String>,
+    pub datacenter: Option<String>,
+    pub token_env: Option<String>,
+    pub ca_file: Option<String>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct RawStore {
     pub kind: Option<String>,
     pub endpoints: Option<Vec<String>>,
+    /// consul: the agent's HTTP address.
+    pub address: Option<String>,
+    pub token_env: Option<String>,
+    pub datacenter: Option<String>,
     pub prefix: Option<String>,
     pub ca_file: Option<String>,
     pub cert_file: Option<String>,
@@ -68,6 +92,8 @@ pub struct RawHost {
     pub tags: Vec<String>,
     pub ssh_user: Option<String>,
     pub ssh_port: Option<i64>,
+    pub instance_id: Option<String>,
+    pub instances: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +160,7 @@ pub struct RawStrategy {
     pub pause: Option<String>,
     pub groups: Option<Value>,
     pub wait_for_all_healthy: Option<bool>,
+    pub gate: Option<String>,
     pub gate_timeout: Option<String>,
     pub on_failure: Option<String>,
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use toml::Value;
 
 mod deploy;
+mod discovery;
 mod drain;
 mod health;
 mod hosts;
@@ -34,6 +35,12 @@ pub(super) struct Validator<'a> {
     /// a target's `[targets.NAME.strategy]` (etc.) override is checked, so
     /// the same section checks point into the target's table.
     prefix: P,
+    /// `[discovery]` is set: hosts may come from elsewhere, so an empty
+    /// `[[hosts]]` and unknown names in `targets.X.hosts` are checked after
+    /// discovery instead.
+    has_discovery: bool,
+    /// `[discovery] consul`, which `[strategy] gate = "consul"` asks.
+    consul_discovery: Option<ConsulDiscovery>,
 }
 
 pub(super) type P = Vec<Seg>;
@@ -48,6 +55,8 @@ impl<'a> Validator<'a> {
             base_dir,
             errors: Vec::new(),
             prefix: Vec::new(),
+            has_discovery: false,
+            consul_discovery: None,
         }
     }
 
@@ -326,8 +335,23 @@ impl<'a> Validator<'a> {
             }
         };
         let ssh = self.ssh(raw.ssh.unwrap_or_default());
+        self.has_discovery = raw.discovery.is_some();
+        let discovery = self.discovery(raw.discovery);
+        if let Some(DiscoverySpec::Consul(c)) = &discovery {
+            self.consul_discovery = Some(c.clone());
+        }
         let hosts = self.hosts(raw.hosts);
         let instances = self.instances(raw.instances);
+        for (i, h) in hosts.iter().enumerate() {
+            if let Some(problem) = instances.ports_problem(h) {
+                self.err(
+                    path!["hosts", i, "instances"],
+                    problem,
+                    "too many ports",
+                    "instance k listens on first_port + k - 1, which must stay at most 65535",
+                );
+            }
+        }
         let load_balancers = self.load_balancers(raw.load_balancers);
         let drain = self.drain(raw.drain.clone(), &load_balancers, &instances);
         let deploy = self.deploy(raw.deploy);
@@ -360,6 +384,7 @@ impl<'a> Validator<'a> {
         if !self.errors.is_empty() {
             return None;
         }
+        let hosts_in_config = hosts.len();
         Some(Plan {
             app,
             source: PathBuf::from(self.file),
@@ -375,6 +400,11 @@ impl<'a> Validator<'a> {
             witness,
             state_dir,
             store,
+            discovery,
+            fleet_sources: vec![FleetSource {
+                origin: "config".into(),
+                hosts: hosts_in_config,
+            }],
         })
     }
 

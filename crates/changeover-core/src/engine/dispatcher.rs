@@ -96,8 +96,9 @@ pub async fn run(
                 .filter(|i| !pf.skipped.contains_key(i))
                 .count(),
         out_names: std::collections::BTreeSet::new(),
-        gate: (dep.policy.strategy.wait_for_all_healthy && dep.health.is_some())
-            .then(|| GateState::new(gate::watched(&dep))),
+        gate: (dep.policy.strategy.wait_for_all_healthy
+            && (dep.health.is_some() || dep.gate.is_some()))
+        .then(|| GateState::new(gate::watched(&dep))),
     };
     if let Err(e) = begun {
         d.halt_with(format!("{e}; nothing was changed"));

@@ -10,6 +10,7 @@
 
 use super::Deployment;
 use crate::event::GateUnit;
+use crate::health::FleetHealth;
 use crate::unit::Unit;
 use futures::stream::{self, StreamExt};
 use std::collections::BTreeSet;
@@ -49,6 +50,9 @@ pub(crate) async fn check(
     delay: Duration,
 ) -> Vec<GateUnit> {
     tokio::time::sleep(delay).await;
+    if let Some(source) = dep.gate.clone() {
+        return ask(source, &fleet, &exclude).await;
+    }
     let (Some(probe), Some(spec)) = (dep.health.clone(), dep.policy.health.as_ref()) else {
         return Vec::new();
     };
@@ -86,4 +90,48 @@ pub(crate) async fn check(
             error,
         })
         .collect()
+}
+
+/// How long one question to a fleet-wide source may take.
+const SOURCE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One question to the fleet-wide source for every watched unit not
+/// excluded. A source that cannot answer keeps the gate closed.
+async fn ask(
+    source: Arc<dyn FleetHealth>,
+    fleet: &[Arc<Unit>],
+    exclude: &BTreeSet<UnitKey>,
+) -> Vec<GateUnit> {
+    let asked: Vec<Arc<Unit>> = fleet
+        .iter()
+        .filter(|u| !exclude.contains(&key(u)))
+        .cloned()
+        .collect();
+    if asked.is_empty() {
+        return Vec::new();
+    }
+    match timeout(SOURCE_TIMEOUT, source.unhealthy(&asked)).await {
+        Ok(Ok(mut bad)) => {
+            bad.sort_by_key(|(i, _)| *i);
+            bad.into_iter()
+                .filter_map(|(i, error)| {
+                    asked.get(i).map(|u| GateUnit {
+                        unit: u.name(),
+                        error,
+                    })
+                })
+                .collect()
+        }
+        Ok(Err(e)) => vec![GateUnit {
+            unit: "(gate)".into(),
+            error: format!("{} did not answer: {e}", source.describe()),
+        }],
+        Err(_) => vec![GateUnit {
+            unit: "(gate)".into(),
+            error: format!(
+                "{} did not answer within {SOURCE_TIMEOUT:?}",
+                source.describe()
+            ),
+        }],
+    }
 }

@@ -13,7 +13,7 @@ pub use dispatcher::{run, Report};
 pub use preflight::{preflight, Preflight};
 
 use crate::event::{Event, EventSink};
-use crate::health::HealthProbe;
+use crate::health::{FleetHealth, HealthProbe};
 use crate::journal::Journal;
 use crate::lb::LoadBalancer;
 use crate::plan::{Plan, Policy};
@@ -39,6 +39,9 @@ pub struct Deployment {
     /// Runs `deploy.local` on the operator's machine.
     pub local: Arc<dyn Remote>,
     pub health: Option<Arc<dyn HealthProbe>>,
+    /// Asked by the fleet-wide gate instead of probing every unit with
+    /// `health` (`[strategy] gate = "consul"`).
+    pub gate: Option<Arc<dyn FleetHealth>>,
     pub journal: Arc<dyn Journal>,
     pub events: Arc<dyn EventSink>,
     pub deploy_id: String,

@@ -64,6 +64,7 @@ pub fn fixture(plan: Arc<Plan>, remote: SimRemote, probe: SimProbe, forced: &[&s
         remote: remote.clone(),
         local: remote,
         health: Some(Arc::new(probe)),
+        gate: None,
         journal: journal.clone(),
         events: events.clone(),
         deploy_id: "t".into(),

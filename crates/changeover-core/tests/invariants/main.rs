@@ -632,6 +632,7 @@ fn rig(
         remote: remote.clone(),
         local: remote,
         health: Some(Arc::new(probe)),
+        gate: None,
         journal: world.journal.clone(),
         events: events.clone(),
         deploy_id: "t".into(),

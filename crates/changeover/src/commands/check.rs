@@ -13,6 +13,7 @@ pub async fn run(ctx: &Ctx, target: Option<String>) -> u8 {
             return exit::USAGE;
         }
     };
+    eprintln!("fleet: {}", crate::plan_view::fleet_sources(&ctx.plan));
     let dep = match read_only_deployment(ctx, &target, "check").await {
         Ok(d) => d,
         Err(code) => return code,

@@ -262,7 +262,7 @@ async fn recover_one(
 
 /// Take the crashed deploy's lock. A holder that is still alive means the
 /// deploy is running, not crashed: stop. On etcd a dead holder's lease runs
-/// out within the TTL, so wait that long.
+/// out within the TTL (Consul: twice the TTL), so wait that long.
 async fn take_dead_lock(
     spec: StoreSpec,
     store: &dyn Store,
@@ -271,6 +271,8 @@ async fn take_dead_lock(
 ) -> Result<Box<dyn changeover_core::store::LockGuard>, Stop> {
     let wait = match &spec {
         StoreSpec::Etcd(e) => e.lock_ttl + Duration::from_secs(2),
+        // Consul may wait up to twice the TTL before it ends a session.
+        StoreSpec::Consul(c) => c.lock_ttl * 2 + Duration::from_secs(2),
         StoreSpec::Local { .. } => Duration::ZERO,
     };
     let record = LockRecord {

@@ -205,11 +205,34 @@ impl Fleet {
     /// The config for this fleet; `lb` replaces the balancer table and
     /// `extra` is appended (strategy, drain, ...).
     pub fn config(&self, lb: Option<&str>, extra: &str) -> PathBuf {
+        self.write_config(true, lb, extra)
+    }
+
+    /// The same config without `[[hosts]]`: `extra` brings `[discovery]`.
+    pub fn config_without_hosts(&self, extra: &str) -> PathBuf {
+        self.write_config(false, None, extra)
+    }
+
+    /// The fleet's hosts as `[discovery] command` prints them, with `tags`
+    /// per host.
+    pub fn inventory_json(&self, tags: impl Fn(usize) -> Vec<&'static str>) -> String {
+        let hosts: Vec<serde_json::Value> = self
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(i, (name, address))| {
+                serde_json::json!({"name": name, "address": address, "tags": tags(i)})
+            })
+            .collect();
+        serde_json::Value::Array(hosts).to_string()
+    }
+
+    fn write_config(&self, with_hosts: bool, lb: Option<&str>, extra: &str) -> PathBuf {
         let mut s = format!(
             "app = \"testapp\"\nstate_dir = \"state\"\n\n[ssh]\nconfig_file = \"{}\"\nmax_connections = 4\nconnect_timeout = \"5s\"\n\n",
             self.ssh.ssh_config_path().display()
         );
-        for (name, address) in &self.hosts {
+        for (name, address) in self.hosts.iter().filter(|_| with_hosts) {
             s.push_str(&format!(
                 "[[hosts]]\nname = \"{name}\"\naddress = \"{address}\"\n\n"
             ));

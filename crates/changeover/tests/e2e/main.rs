@@ -2,6 +2,7 @@
 //! on 127.0.1.x, with steady load through HAProxy.
 
 mod crash;
+mod discovery;
 mod faults;
 mod fleet;
 mod frontend;

@@ -4,34 +4,33 @@ use super::Validator;
 use crate::config::raw::{RawHost, RawInstances};
 use crate::path;
 use crate::plan::Instances;
-use crate::unit::Host;
+use crate::unit::{host_name_problem, Host, MAX_INSTANCES};
 use std::collections::HashMap;
 use std::sync::Arc;
 
 impl Validator<'_> {
     pub(super) fn hosts(&mut self, raw: Vec<RawHost>) -> Vec<Arc<Host>> {
-        if raw.is_empty() {
+        if raw.is_empty() && !self.has_discovery {
             self.err(
                 vec![],
                 "no hosts in the config",
                 "",
-                "add at least one [[hosts]] table with name and address",
+                "add at least one [[hosts]] table with name and address, or a [discovery] section",
             );
         }
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut addresses: HashMap<(String, Option<i64>), usize> = HashMap::new();
         let mut hosts = Vec::with_capacity(raw.len());
         for (i, h) in raw.into_iter().enumerate() {
-            if h.name.trim().is_empty() || h.name.chars().any(|c| c.is_whitespace() || c == ',') {
-                self.err(path!["hosts", i, "name"], format!("host name `{}` is not usable", h.name), "bad name", "host names are non-empty and contain no spaces or commas (they are used in --force lists)");
-            }
-            // A unit's version is recorded under `units/<unit>` in the store.
-            if h.name.contains('/') || h.name.len() > 180 {
+            if let Some(hint) = host_name_problem(&h.name) {
                 self.err(
                     path!["hosts", i, "name"],
-                    format!("host name `{}` cannot be a store key", h.name.chars().take(60).collect::<String>()),
+                    format!(
+                        "host name `{}` is not usable",
+                        h.name.chars().take(60).collect::<String>()
+                    ),
                     "bad name",
-                    "host names have no '/' and at most 180 bytes (each unit's version is recorded under units/<host>)",
+                    hint,
                 );
             }
             if h.address.trim().is_empty() {
@@ -66,12 +65,38 @@ impl Validator<'_> {
                     None
                 }
             };
+            let instances = match h.instances {
+                None => None,
+                Some(n) if (1..=MAX_INSTANCES as i64).contains(&n) => Some(n as u32),
+                Some(n) => {
+                    self.err(
+                        path!["hosts", i, "instances"],
+                        format!("{n} instances on one host is not allowed"),
+                        "out of range",
+                        "instances is 1 to 1000 (it overrides [instances] count for this host)",
+                    );
+                    None
+                }
+            };
+            if h.instance_id
+                .as_deref()
+                .is_some_and(|id| id.trim().is_empty())
+            {
+                self.err(
+                    path!["hosts", i, "instance_id"],
+                    "instance_id is empty",
+                    "empty",
+                    "give the cloud instance's id (e.g. i-0abc123) or remove the key",
+                );
+            }
             hosts.push(Arc::new(Host {
                 name: h.name,
                 address: h.address,
                 tags: h.tags,
                 ssh_user: h.ssh_user,
                 ssh_port,
+                instance_id: h.instance_id,
+                instances,
             }));
         }
         hosts

@@ -1,9 +1,10 @@
 //! `[store]`: where the lock, pointers, unit versions and history live.
 
+use super::discovery::RawConsulEndpoint;
 use super::{expand_home, Validator};
 use crate::config::raw::RawStore;
 use crate::path;
-use crate::plan::{EtcdSpec, StoreSpec};
+use crate::plan::{ConsulStoreSpec, EtcdSpec, StoreSpec};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -32,17 +33,46 @@ impl Validator<'_> {
             ("lock_ttl", raw.lock_ttl.is_some()),
             ("timeout", raw.timeout.is_some()),
         ];
+        let consul_only: [(&str, bool); 3] = [
+            ("address", raw.address.is_some()),
+            ("token_env", raw.token_env.is_some()),
+            ("datacenter", raw.datacenter.is_some()),
+        ];
+        if kind != "consul" {
+            for (key, set) in consul_only {
+                if set {
+                    self.err(
+                        path!["store", key],
+                        format!(
+                            "`{key}` is for kind = \"consul\"; the {kind} store does not use it"
+                        ),
+                        "not for this store",
+                        "remove it, or set kind = \"consul\"",
+                    );
+                }
+            }
+        }
         match kind {
             "consul" => {
-                self.err(
-                    path!["store", "kind"],
-                    "the consul store is not available in this version",
-                    "not available",
-                    "use kind = \"local\" (files under state_dir) or kind = \"etcd\"",
-                );
-                StoreSpec::Local {
-                    dir: state_dir.to_path_buf(),
+                for (key, set) in etcd_only
+                    .iter()
+                    .filter(|(k, _)| !matches!(*k, "ca_file" | "lock_ttl" | "timeout"))
+                {
+                    if *set {
+                        self.err(
+                            path!["store", *key],
+                            format!("`{key}` is for kind = \"etcd\"; the consul store does not use it"),
+                            "not for consul",
+                            "the consul store takes address, prefix, token_env, ca_file, datacenter, lock_ttl and timeout",
+                        );
+                    }
                 }
+                self.consul_store(raw, app).map_or_else(
+                    || StoreSpec::Local {
+                        dir: state_dir.to_path_buf(),
+                    },
+                    StoreSpec::Consul,
+                )
             }
             "etcd" => self.etcd(raw, app).map_or_else(
                 || StoreSpec::Local {
@@ -69,6 +99,62 @@ impl Validator<'_> {
                 }
             }
         }
+    }
+
+    fn consul_store(&mut self, raw: RawStore, app: &str) -> Option<ConsulStoreSpec> {
+        let endpoint = self.consul_endpoint(
+            &path!["store"],
+            RawConsulEndpoint {
+                address: raw.address.as_ref(),
+                token_env: raw.token_env.as_ref(),
+                ca_file: raw.ca_file.as_ref(),
+                datacenter: raw.datacenter.as_ref(),
+                timeout: raw.timeout.as_ref(),
+            },
+        );
+        // Consul KV keys have no leading '/'.
+        let prefix = match &raw.prefix {
+            Some(p) => {
+                let p = p.trim_start_matches('/');
+                if p.is_empty()
+                    || p.split('/')
+                        .filter(|s| !s.is_empty())
+                        .any(|s| s == "." || s == "..")
+                {
+                    self.err(
+                        path!["store", "prefix"],
+                        format!("prefix `{p}` is not a usable KV prefix"),
+                        "bad prefix",
+                        "write a KV path such as \"changeover/shop/\"",
+                    );
+                }
+                if p.ends_with('/') {
+                    p.to_string()
+                } else {
+                    format!("{p}/")
+                }
+            }
+            None => format!("changeover/{app}/"),
+        };
+        let lock_ttl = self.duration(
+            path!["store", "lock_ttl"],
+            raw.lock_ttl.as_ref(),
+            Duration::from_secs(15),
+            false,
+        );
+        if !(Duration::from_secs(10)..=Duration::from_secs(86400)).contains(&lock_ttl) {
+            self.err(
+                path!["store", "lock_ttl"],
+                "lock_ttl must be 10s to 24h for Consul",
+                "out of range",
+                "Consul's session TTLs are 10s to 86400s; the holder renews at a third of it, and Consul may take up to twice the TTL to free a killed holder's lock",
+            );
+        }
+        Some(ConsulStoreSpec {
+            endpoint: endpoint?,
+            prefix,
+            lock_ttl,
+        })
     }
 
     fn etcd(&mut self, raw: RawStore, app: &str) -> Option<EtcdSpec> {

@@ -3,7 +3,7 @@
 use super::Validator;
 use crate::config::raw::RawStrategy;
 use crate::path;
-use crate::plan::{Amount, OnFailure, Rollout, StrategySpec};
+use crate::plan::{Amount, GateSource, OnFailure, Rollout, StrategySpec};
 use std::time::Duration;
 use toml::Value;
 
@@ -14,13 +14,46 @@ impl Validator<'_> {
         has_health: bool,
     ) -> Option<StrategySpec> {
         let raw = raw.unwrap_or_default();
-        let wait_for_all_healthy = raw.wait_for_all_healthy.unwrap_or(false);
-        if wait_for_all_healthy && !has_health {
+        let gate = match self.choice(
+            path!["strategy", "gate"],
+            raw.gate.as_ref(),
+            &["health", "consul"],
+            "health",
+        ) {
+            "consul" => match &self.consul_discovery {
+                Some(c) => GateSource::Consul(c.clone()),
+                None => {
+                    self.err(
+                        path!["strategy", "gate"],
+                        "gate = \"consul\" needs [discovery] consul",
+                        "no Consul service",
+                        "add [discovery] consul = { address = \"http://127.0.0.1:8500\", service = \"shop\" }: the gate reads that service's health checks",
+                    );
+                    GateSource::Health
+                }
+            },
+            _ => GateSource::Health,
+        };
+        // Naming a gate turns it on; turning it off again is a contradiction.
+        let wait_for_all_healthy = match (raw.wait_for_all_healthy, &raw.gate) {
+            (Some(false), Some(g)) => {
+                self.err(
+                    path!["strategy", "wait_for_all_healthy"],
+                    format!("gate = \"{g}\" is set but wait_for_all_healthy = false"),
+                    "contradiction",
+                    "remove one of them: gate chooses what the fleet-wide health gate asks, and turns it on",
+                );
+                false
+            }
+            (Some(w), _) => w,
+            (None, gate) => gate.is_some(),
+        };
+        if wait_for_all_healthy && !has_health && gate == GateSource::Health {
             self.err(
                 path!["strategy", "wait_for_all_healthy"],
                 "wait_for_all_healthy needs a health check, and there is no [health]",
                 "nothing to wait for",
-                "add [health] (http, tcp or command): the gate runs it on every unit of the fleet before a new unit starts",
+                "add [health] (http, tcp or command): the gate runs it on every unit of the fleet before a new unit starts; or gate = \"consul\" with [discovery] consul",
             );
         }
         let gate_timeout = self.duration(
@@ -50,6 +83,7 @@ impl Validator<'_> {
                 Rollout::Groups(amount),
                 wait_for_all_healthy,
                 gate_timeout,
+                gate,
             );
         }
         let rollout = match (&raw.batch, &raw.window) {
@@ -89,7 +123,7 @@ impl Validator<'_> {
             }
             (None, None) => Rollout::Batch(vec![Amount::Count(1)]),
         };
-        self.strategy_rest(&raw, rollout, wait_for_all_healthy, gate_timeout)
+        self.strategy_rest(&raw, rollout, wait_for_all_healthy, gate_timeout, gate)
     }
 
     fn strategy_rest(
@@ -98,6 +132,7 @@ impl Validator<'_> {
         rollout: Rollout,
         wait_for_all_healthy: bool,
         gate_timeout: Duration,
+        gate: GateSource,
     ) -> Option<StrategySpec> {
         let max_failures = match &raw.max_failures {
             Some(v) => self.amount(path!["strategy", "max_failures"], v, true)?,
@@ -124,6 +159,7 @@ impl Validator<'_> {
             ),
             wait_for_all_healthy,
             gate_timeout,
+            gate,
         })
     }
 }

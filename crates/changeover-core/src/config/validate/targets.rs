@@ -42,7 +42,8 @@ impl Validator<'_> {
                 );
             }
             for (i, h) in t.hosts.iter().enumerate() {
-                if !hosts.iter().any(|x| &x.name == h) {
+                // With discovery, the names are checked once the fleet is known.
+                if !self.has_discovery && !hosts.iter().any(|x| &x.name == h) {
                     self.err(
                         path!["targets", name.as_str(), "hosts", i],
                         format!("target `{name}` names unknown host `{h}`"),
@@ -159,6 +160,7 @@ fn merge_strategy(base: RawStrategy, o: RawStrategy) -> RawStrategy {
         max_failures: o.max_failures.or(base.max_failures),
         pause: o.pause.or(base.pause),
         wait_for_all_healthy: o.wait_for_all_healthy.or(base.wait_for_all_healthy),
+        gate: o.gate.or(base.gate),
         gate_timeout: o.gate_timeout.or(base.gate_timeout),
         on_failure: o.on_failure.or(base.on_failure),
     }
