@@ -60,6 +60,8 @@ fn make_units(addrs: &[SocketAddr]) -> Vec<Arc<Unit>> {
                     tags: vec![],
                     ssh_user: None,
                     ssh_port: None,
+                    instance_id: None,
+                    instances: None,
                 }),
                 instance: 1,
                 port: Some(a.port()),

@@ -2,6 +2,7 @@
 //! kill them on drop. A missing program is a test failure with an install
 //! hint, never a silent skip.
 
+pub mod consul;
 pub mod etcd;
 pub mod frontfleet;
 pub mod haproxy;

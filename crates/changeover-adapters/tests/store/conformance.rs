@@ -257,9 +257,9 @@ async fn killed_holder_frees_deploy_lock(h: Harness) {
         Some(a.pid())
     );
     let pid = a.pid();
-    if h.is_etcd() {
+    if h.lease_ttl().is_some() {
         // A live holder process keeps its lease past the TTL.
-        tokio::time::sleep(LOCK_TTL * 2).await;
+        tokio::time::sleep(h.past_the_ttl()).await;
         assert_eq!(
             s.lock_status("deploy").await.unwrap().map(|r| r.pid),
             Some(pid),
@@ -269,7 +269,7 @@ async fn killed_holder_frees_deploy_lock(h: Harness) {
     a.kill9();
     let killed = Instant::now();
 
-    if !h.is_etcd() {
+    let Some(ttl) = h.lease_ttl() else {
         // The kernel drops the file lock with the process.
         assert_eq!(s.lock_status("deploy").await.unwrap(), None, "free at once");
         held(
@@ -281,9 +281,9 @@ async fn killed_holder_frees_deploy_lock(h: Harness) {
         .await
         .unwrap();
         return;
-    }
+    };
 
-    // etcd: the lease outlives the process for what is left of its TTL (at
+    // etcd, Consul: the lease/session outlives the process for what is left of its TTL (at
     // least 2/3 of it, renewed every TTL/3): not free at once...
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rec = s.lock_status("deploy").await.unwrap();
@@ -301,22 +301,23 @@ async fn killed_holder_frees_deploy_lock(h: Harness) {
         .pid,
         pid
     );
-    // ...and free within the TTL (+2 s: etcd checks for expired leases twice a second).
-    let limit = LOCK_TTL + Duration::from_secs(2);
+    // ...and free within the TTL (etcd; +2 s: it checks for expired leases
+    // twice a second), or twice the TTL (Consul's documented bound).
+    let limit = h.frees_within();
     loop {
         if s.lock_status("deploy").await.unwrap().is_none() {
             break;
         }
         assert!(
             killed.elapsed() < limit,
-            "a SIGKILLed holder's lock is still held {:?} after the kill (TTL {LOCK_TTL:?})",
+            "a SIGKILLed holder's lock is still held {:?} after the kill (TTL {ttl:?})",
             killed.elapsed()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let freed = killed.elapsed();
     eprintln!(
-        "{}: killed holder's deploy lock freed {freed:?} after SIGKILL (TTL {LOCK_TTL:?})",
+        "{}: killed holder's deploy lock freed {freed:?} after SIGKILL (TTL {ttl:?})",
         s.describe()
     );
     assert!(freed >= Duration::from_millis(300));
@@ -336,9 +337,9 @@ async fn manual_lock_outlives_its_process(h: Harness) {
     a.expect_held();
     let pid = a.pid();
     a.wait_exit();
-    if h.is_etcd() {
+    if let Some(ttl) = h.lease_ttl() {
         // Longer than any lease: a manual lock has none.
-        tokio::time::sleep(LOCK_TTL + Duration::from_secs(1)).await;
+        tokio::time::sleep(ttl + Duration::from_secs(1)).await;
     }
     let rec = s
         .lock_status("deploy")
@@ -448,7 +449,7 @@ async fn break_lock_of_live_deploy_holder(h: Harness) {
     );
     let lost = g.lost();
     let breaker = h.store().await;
-    if !h.is_etcd() {
+    let Some(ttl) = h.lease_ttl() else {
         // The local store knows the holder is alive on this machine, and
         // refuses: stop that process instead.
         match breaker.break_lock("deploy").await {
@@ -460,7 +461,7 @@ async fn break_lock_of_live_deploy_holder(h: Harness) {
         assert!(!lost.is_cancelled());
         g.release().await.unwrap();
         return;
-    }
+    };
     let broken = Instant::now();
     assert!(breaker.break_lock("deploy").await.unwrap());
     assert_eq!(
@@ -476,7 +477,7 @@ async fn break_lock_of_live_deploy_holder(h: Harness) {
             .unwrap(),
     );
     // ...and the old holder learns it lost the lock within the TTL.
-    tokio::time::timeout(LOCK_TTL + Duration::from_secs(2), lost.cancelled())
+    tokio::time::timeout(ttl + Duration::from_secs(2), lost.cancelled())
         .await
         .expect("the broken holder's lost() fires within the TTL");
     eprintln!(
@@ -526,6 +527,14 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $check() {
                     super::$check(super::Harness::etcd_auth()).await
+                }
+            )*
+        }
+        mod consul {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $check() {
+                    super::$check(super::Harness::consul()).await
                 }
             )*
         }

@@ -63,6 +63,7 @@ async fn etcd_expired_token_is_renewed() {
     let h = Harness {
         config: etcd_config(&etcd, &[etcd.endpoint()]),
         etcd: Some(etcd),
+        consul: None,
         _dir: None,
     };
     let s = h.store().await;

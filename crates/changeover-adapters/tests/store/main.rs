@@ -1,6 +1,10 @@
 //! The store conformance suite: one set of checks, run against every store
-//! the same way — the local store (a temp dir), and a REAL etcd plain, over
-//! TLS with client certificates, and with user/password authentication.
+//! the same way — the local store (a temp dir), a REAL etcd plain, over
+//! TLS with client certificates, and with user/password authentication,
+//! and Consul. Consul cannot be installed here: its harness is the
+//! testkit's in-process FAKE (`changeover_testkit::consul`, written from
+//! Consul's HTTP API docs: KV, transactions, sessions with TTL expiry and
+//! `Behavior`, ACL tokens), with an ACL token required.
 //!
 //! "Another process" is this test binary run again
 //! (`--exact holder::holder_process --nocapture`) with `CHANGEOVER_STORE_HOLDER`
@@ -12,15 +16,18 @@
 //! skip.
 
 mod conformance;
+mod consul_only;
 mod etcd_only;
 mod holder;
 
+use changeover_adapters::store::consul::ConsulStore;
 use changeover_adapters::store::etcd::EtcdStore;
 use changeover_adapters::store::local::LocalStore;
-use changeover_core::plan::EtcdSpec;
+use changeover_core::plan::{ConsulEndpoint, ConsulStoreSpec, EtcdSpec};
 use changeover_core::store::{
     lock_key, Acquired, Expect, LockGuard, LockKind, LockRecord, Store, StoreError,
 };
+use changeover_testkit::consul::ConsulFake;
 use changeover_testkit::etcd::Etcd;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -36,6 +43,10 @@ use holder::{Holder, Then};
 /// The etcd deploy locks' TTL in these tests: short, so a killed holder's
 /// lock frees quickly, but long enough to tell "at once" from "by lease".
 const LOCK_TTL: Duration = Duration::from_secs(2);
+/// Consul's session TTLs start at 10 s.
+const CONSUL_TTL: Duration = Duration::from_secs(10);
+/// The ACL token the Consul harness demands.
+const CONSUL_TOKEN: &str = "c0nsul-acl-t0ken-for-conformance";
 /// Every wait for a holder process's line.
 const HOLDER_DEADLINE: Duration = Duration::from_secs(30);
 const HOLDER_ENV: &str = "CHANGEOVER_STORE_HOLDER";
@@ -62,12 +73,43 @@ enum StoreConfig {
         password: Option<String>,
         lock_ttl_ms: u64,
     },
+    Consul {
+        address: String,
+        prefix: String,
+        token_env: String,
+        /// Set in the holder's environment under `token_env`.
+        token: String,
+        lock_ttl_ms: u64,
+    },
 }
 
 impl StoreConfig {
+    fn consul_spec(&self) -> Option<ConsulStoreSpec> {
+        match self {
+            StoreConfig::Consul {
+                address,
+                prefix,
+                token_env,
+                lock_ttl_ms,
+                ..
+            } => Some(ConsulStoreSpec {
+                endpoint: ConsulEndpoint {
+                    address: address.clone(),
+                    token_env: Some(token_env.clone()),
+                    ca_file: None,
+                    datacenter: None,
+                    timeout: Duration::from_secs(5),
+                },
+                prefix: prefix.clone(),
+                lock_ttl: Duration::from_millis(*lock_ttl_ms),
+            }),
+            _ => None,
+        }
+    }
+
     fn etcd_spec(&self) -> Option<EtcdSpec> {
         match self {
-            StoreConfig::Local { .. } => None,
+            StoreConfig::Local { .. } | StoreConfig::Consul { .. } => None,
             StoreConfig::Etcd {
                 endpoints,
                 prefix,
@@ -92,7 +134,8 @@ impl StoreConfig {
         }
     }
 
-    /// The password variable this config reads, with its value.
+    /// The secret variable this config reads (etcd password, Consul
+    /// token), with its value.
     fn password_var(&self) -> Option<(String, String)> {
         match self {
             StoreConfig::Etcd {
@@ -100,6 +143,9 @@ impl StoreConfig {
                 password: Some(pw),
                 ..
             } => Some((var.clone(), pw.clone())),
+            StoreConfig::Consul {
+                token_env, token, ..
+            } => Some((token_env.clone(), token.clone())),
             _ => None,
         }
     }
@@ -115,6 +161,14 @@ impl StoreConfig {
                         .unwrap_or_else(|e| panic!("connect to etcd: {e}")),
                 )
             }
+            StoreConfig::Consul { .. } => {
+                let spec = self.consul_spec().unwrap();
+                Arc::new(
+                    ConsulStore::connect(&spec)
+                        .await
+                        .unwrap_or_else(|e| panic!("connect to the Consul fake: {e}")),
+                )
+            }
         }
     }
 }
@@ -123,6 +177,7 @@ impl StoreConfig {
 struct Harness {
     config: StoreConfig,
     etcd: Option<Etcd>,
+    consul: Option<ConsulFake>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -134,7 +189,25 @@ impl Harness {
                 dir: dir.path().join("state"),
             },
             etcd: None,
+            consul: None,
             _dir: Some(dir),
+        }
+    }
+
+    /// The Consul fake with an ACL token required.
+    fn consul() -> Harness {
+        let consul = ConsulFake::builder().acl_token(CONSUL_TOKEN).start();
+        Harness {
+            config: StoreConfig::Consul {
+                address: consul.address(),
+                prefix: "changeover/conformance/".into(),
+                token_env: format!("CHANGEOVER_TEST_CONSUL_TOKEN_{}", consul.port()),
+                token: CONSUL_TOKEN.into(),
+                lock_ttl_ms: CONSUL_TTL.as_millis() as u64,
+            },
+            etcd: None,
+            consul: Some(consul),
+            _dir: None,
         }
     }
 
@@ -154,12 +227,38 @@ impl Harness {
         Harness {
             config: etcd_config(&etcd, &[etcd.endpoint()]),
             etcd: Some(etcd),
+            consul: None,
             _dir: None,
         }
     }
 
-    fn is_etcd(&self) -> bool {
-        self.etcd.is_some()
+    /// The deploy lock's TTL when locks live by lease/session (etcd,
+    /// Consul); `None` for the local store (an OS file lock).
+    fn lease_ttl(&self) -> Option<Duration> {
+        match self.config {
+            StoreConfig::Local { .. } => None,
+            StoreConfig::Etcd { .. } => Some(LOCK_TTL),
+            StoreConfig::Consul { .. } => Some(CONSUL_TTL),
+        }
+    }
+
+    /// How long after its holder died a deploy lock may still be held:
+    /// etcd frees it within the TTL (it checks twice a second); Consul
+    /// documents it may wait up to twice the TTL.
+    fn frees_within(&self) -> Duration {
+        match self.config {
+            StoreConfig::Consul { .. } => CONSUL_TTL * 2 + Duration::from_secs(2),
+            _ => LOCK_TTL + Duration::from_secs(2),
+        }
+    }
+
+    /// Long enough that a lock without renewals would have expired: etcd
+    /// two TTLs; Consul one TTL and a second (its TTLs are long).
+    fn past_the_ttl(&self) -> Duration {
+        match self.config {
+            StoreConfig::Consul { .. } => CONSUL_TTL + Duration::from_secs(1),
+            _ => LOCK_TTL * 2,
+        }
     }
 
     fn etcd_fixture(&mut self) -> &mut Etcd {

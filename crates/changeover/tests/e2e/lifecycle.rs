@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 /// Flightplan-style targets over the whole (untagged) fleet: 10 % and 25 %
 /// partial slices that share the production pointer, and production itself.
-const TARGETS: &str = r#"
+pub const TARGETS: &str = r#"
 [strategy]
 batch = "50%"
 
@@ -71,7 +71,12 @@ fn v(s: &str) -> Option<String> {
 
 /// The whole life of a release, for one store.
 pub fn lifecycle(store: &str, fleet: &Fleet) {
-    let config = fleet.config(None, &format!("{TARGETS}\n{store}"));
+    lifecycle_of(&fleet.config(None, &format!("{TARGETS}\n{store}")), fleet);
+}
+
+/// The whole life of a release with `config` (which has [`TARGETS`]).
+pub fn lifecycle_of(config: &Path, fleet: &Fleet) {
+    let config = config.to_path_buf();
     let mut timings = Vec::new();
     let n = fleet.hosts.len();
 

@@ -73,6 +73,13 @@ impl ConsulStore {
     }
 }
 
+/// Names the store, never the token.
+impl std::fmt::Debug for ConsulStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.inner.describe())
+    }
+}
+
 fn to_store(prefix: &str, e: ConsulError) -> StoreError {
     let store = match &e {
         ConsulError::Unreachable { address, .. }
