@@ -155,13 +155,13 @@ pub fn hosts(
                 tags.push(t.clone());
             }
         }
+        // The service's meta (any instance on the node), else the node's.
         let meta = |key: &str| {
-            first
-                .meta
-                .get(key)
-                .or_else(|| first.node_meta.get(key))
-                .filter(|v| !v.is_empty())
-                .cloned()
+            let non_empty =
+                |m: &BTreeMap<String, String>| m.get(key).filter(|v| !v.is_empty()).cloned();
+            list.iter()
+                .find_map(|i| non_empty(&i.meta))
+                .or_else(|| list.iter().find_map(|i| non_empty(&i.node_meta)))
         };
         let ssh_port = match meta("ssh_port") {
             None => None,

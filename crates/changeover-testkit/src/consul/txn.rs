@@ -200,9 +200,11 @@ fn apply(st: &mut State, idx: u64, op: &Op) -> Result<Vec<Value>, String> {
         "unlock" => {
             match &existing {
                 Some(e) if e.session.as_deref() == Some(op.session.as_str()) => {}
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "failed to unlock key {quoted}, lock isn't held, or is held by another session"
-                )),
+                ))
+                }
             }
             store(st, idx, entry(None, keep_lock));
             Ok(written(st))
