@@ -171,3 +171,49 @@ async fn a_command_sees_the_app_and_runs_in_the_config_dir() {
     assert_eq!(hosts.len(), 1);
     assert_eq!(hosts[0].name, "web-1");
 }
+
+#[tokio::test]
+async fn consul_over_https_with_the_ca_file() {
+    use changeover_adapters::store::consul::ConsulStore;
+    use changeover_core::plan::ConsulStoreSpec;
+    use changeover_core::store::{Expect, Store};
+    let fake = ConsulFake::builder().tls().start();
+    assert!(fake.address().starts_with("https://127.0.0.1:"));
+    fake.register(instance("web-1", "10.0.0.1", 8000, &["canary"]));
+    let mut secure = spec(&fake, false);
+    secure.endpoint.ca_file = fake.ca_file().map(|p| p.to_path_buf());
+    let hosts = consul::hosts("consul tls", &secure).await.unwrap();
+    assert_eq!(hosts[0].name, "web-1");
+
+    let store = ConsulStore::connect(&ConsulStoreSpec {
+        endpoint: secure.endpoint.clone(),
+        prefix: "changeover/tls/".into(),
+        lock_ttl: Duration::from_secs(10),
+    })
+    .await
+    .unwrap();
+    store
+        .put(
+            "pointers/p",
+            &serde_json::json!({"current": "v1"}),
+            Expect::Absent,
+        )
+        .await
+        .unwrap()
+        .expect("written");
+    assert_eq!(
+        store.get("pointers/p").await.unwrap().unwrap().value["current"],
+        "v1"
+    );
+
+    // Without the CA the certificate is not trusted: unreachable, saying why.
+    let e = consul::hosts("consul tls", &spec(&fake, false))
+        .await
+        .unwrap_err();
+    eprintln!("without the CA: {e}");
+    assert!(e.message.contains("unreachable"), "{e}");
+    assert!(
+        e.message.to_lowercase().contains("certificate"),
+        "names the certificate problem: {e}"
+    );
+}

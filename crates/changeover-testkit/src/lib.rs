@@ -8,4 +8,5 @@ pub mod frontfleet;
 pub mod haproxy;
 pub mod load;
 pub mod sshd;
+pub mod tls;
 pub mod tools;

@@ -171,9 +171,14 @@ pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String
         let _ = writeln!(s, "wave {} ({} unit(s))", wi + 1, wave.len());
         for u in wave.iter().map(|&i| &units[i]) {
             let members: Vec<String> = balancers.iter().map(|b| b.member_name(u)).collect();
+            let instance = u
+                .host
+                .instance_id
+                .as_deref()
+                .map_or(String::new(), |id| format!(" (instance {id})"));
             let _ = writeln!(
                 s,
-                "  {:<14} {:<16} {}",
+                "  {:<14} {:<16} {}{instance}",
                 u.name(),
                 u.host.address,
                 members.join(" ")

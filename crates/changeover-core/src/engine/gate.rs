@@ -102,36 +102,47 @@ async fn ask(
     fleet: &[Arc<Unit>],
     exclude: &BTreeSet<UnitKey>,
 ) -> Vec<GateUnit> {
+    ask_source(source.as_ref(), fleet, exclude)
+        .await
+        .unwrap_or_else(|error| {
+            vec![GateUnit {
+                unit: "(gate)".into(),
+                error,
+            }]
+        })
+}
+
+/// The units the source calls unhealthy, or why it could not be asked.
+pub(crate) async fn ask_source(
+    source: &dyn FleetHealth,
+    fleet: &[Arc<Unit>],
+    exclude: &BTreeSet<UnitKey>,
+) -> Result<Vec<GateUnit>, String> {
     let asked: Vec<Arc<Unit>> = fleet
         .iter()
         .filter(|u| !exclude.contains(&key(u)))
         .cloned()
         .collect();
     if asked.is_empty() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     match timeout(SOURCE_TIMEOUT, source.unhealthy(&asked)).await {
         Ok(Ok(mut bad)) => {
             bad.sort_by_key(|(i, _)| *i);
-            bad.into_iter()
+            Ok(bad
+                .into_iter()
                 .filter_map(|(i, error)| {
                     asked.get(i).map(|u| GateUnit {
                         unit: u.name(),
                         error,
                     })
                 })
-                .collect()
+                .collect())
         }
-        Ok(Err(e)) => vec![GateUnit {
-            unit: "(gate)".into(),
-            error: format!("{} did not answer: {e}", source.describe()),
-        }],
-        Err(_) => vec![GateUnit {
-            unit: "(gate)".into(),
-            error: format!(
-                "{} did not answer within {SOURCE_TIMEOUT:?}",
-                source.describe()
-            ),
-        }],
+        Ok(Err(e)) => Err(format!("{} did not answer: {e}", source.describe())),
+        Err(_) => Err(format!(
+            "{} did not answer within {SOURCE_TIMEOUT:?}",
+            source.describe()
+        )),
     }
 }

@@ -119,6 +119,24 @@ pub async fn preflight(dep: &Deployment) -> Preflight {
             }
         }
     }
+
+    // A fleet-wide gate source (Consul) must answer now: the gate asks it
+    // before every start. Who it calls unhealthy is the gate's business.
+    if let (Some(source), true) = (&dep.gate, dep.policy.strategy.wait_for_all_healthy) {
+        let fleet = super::gate::watched(dep);
+        match super::gate::ask_source(source.as_ref(), &fleet, &BTreeSet::new()).await {
+            Ok(bad) if bad.is_empty() => {}
+            Ok(bad) => {
+                let names: Vec<String> = bad.iter().map(|g| g.unit.clone()).collect();
+                pf.notes.push(format!(
+                    "the gate ({}) will hold new starts until these pass: {}",
+                    source.describe(),
+                    names.join(", ")
+                ));
+            }
+            Err(e) => pf.problems.push(format!("the health gate: {e}")),
+        }
+    }
     pf
 }
 

@@ -32,6 +32,7 @@ pub(crate) const LEADER: &str = "127.0.0.1:8300";
 pub(crate) async fn serve(
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut shutdown: oneshot::Receiver<()>,
 ) {
     let listener = tokio::net::TcpListener::from_std(listener)
@@ -46,20 +47,49 @@ pub(crate) async fn serve(
                     continue;
                 };
                 let shared = shared.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let shared = shared.clone();
                         async move { Ok::<_, Infallible>(handle(shared, req).await) }
                     });
-                    // A client that goes away mid-request is its own business.
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    // A client that goes away mid-request (or fails the
+                    // TLS handshake) is its own business.
+                    match tls {
+                        None => {
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = http1::Builder::new()
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                    }
                 });
             }
         }
     }
     reaper.abort();
+}
+
+/// A TLS acceptor presenting `files`' server certificate.
+pub(crate) fn tls_acceptor(files: &crate::tls::TlsFiles) -> tokio_rustls::TlsAcceptor {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.server_cert)
+        .expect("consul fake: read the server certificate")
+        .collect::<Result<_, _>>()
+        .expect("consul fake: parse the server certificate");
+    let key = PrivateKeyDer::from_pem_file(&files.server_key).expect("consul fake: the server key");
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("consul fake: a TLS server config");
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 /// Whom the request's token makes the caller.

@@ -127,6 +127,9 @@
 //!   the `get` verbs) or 409 with `Errors` (`OpIndex`, `What`); the lock
 //!   delay refuses a `lock` before anything applies; over 128 operations
 //!   is 413.
+//! - **HTTPS** with [`ConsulBuilder::tls`]: a certificate for 127.0.0.1
+//!   signed by a CA generated for the fake ([`ConsulFake::ca_file`]); no
+//!   client certificates (`verify_incoming` off).
 //! - `?dc=<other>`: 500 "No path to datacenter".
 //! - [`ConsulFake::set_outage`]: every request answers 500 "rpc error making
 //!   call: No cluster leader" (what a client agent relays when the servers
@@ -271,6 +274,7 @@ pub struct ConsulBuilder {
     acl_token: Option<String>,
     datacenter: String,
     ttl_factor: f64,
+    tls: bool,
 }
 
 impl ConsulBuilder {
@@ -280,6 +284,14 @@ impl ConsulBuilder {
         let token = token.into();
         assert!(!token.is_empty(), "an empty ACL token is no token");
         self.acl_token = Some(token);
+        self
+    }
+
+    /// Serve HTTPS only, with a certificate for 127.0.0.1 signed by a CA
+    /// generated for this fake ([`ConsulFake::ca_file`]), as an agent with
+    /// `ports.https` and `verify_incoming = false` does.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
         self
     }
 
@@ -310,6 +322,17 @@ impl ConsulBuilder {
             datacenter: self.datacenter,
             ttl_factor: self.ttl_factor,
         }));
+        let (tls_dir, tls) = if self.tls {
+            let dir = tempfile::Builder::new()
+                .prefix("consul-fake-tls")
+                .tempdir()
+                .expect("consul fake: a temp dir for its TLS files");
+            let files = crate::tls::TlsFiles::generate(dir.path());
+            (Some(dir), Some(files))
+        } else {
+            (None, None)
+        };
+        let acceptor = tls.as_ref().map(http::tls_acceptor);
         let (shutdown, shutdown_rx) = oneshot::channel();
         let server = shared.clone();
         let thread = std::thread::Builder::new()
@@ -319,7 +342,7 @@ impl ConsulBuilder {
                     .enable_all()
                     .build()
                     .expect("consul fake: cannot build a tokio runtime");
-                runtime.block_on(http::serve(listener, server, shutdown_rx));
+                runtime.block_on(http::serve(listener, server, acceptor, shutdown_rx));
                 // Dropping the runtime here ends every connection and
                 // every blocking query still waiting.
             })
@@ -329,6 +352,8 @@ impl ConsulBuilder {
             port,
             shutdown: Some(shutdown),
             thread: Some(thread),
+            tls,
+            _tls_dir: tls_dir,
         }
     }
 }
@@ -339,6 +364,8 @@ pub struct ConsulFake {
     port: u16,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    tls: Option<crate::tls::TlsFiles>,
+    _tls_dir: Option<tempfile::TempDir>,
 }
 
 impl ConsulFake {
@@ -347,6 +374,7 @@ impl ConsulFake {
             acl_token: None,
             datacenter: "dc1".to_string(),
             ttl_factor: 1.0,
+            tls: false,
         }
     }
 
@@ -355,9 +383,15 @@ impl ConsulFake {
         ConsulFake::builder().start()
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// The CA that signed the server's certificate ([`ConsulBuilder::tls`]).
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.tls.as_ref().map(|t| t.ca_file.as_path())
+    }
+
+    /// `http://127.0.0.1:PORT` (`https://` with [`ConsulBuilder::tls`]).
     pub fn address(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn port(&self) -> u16 {

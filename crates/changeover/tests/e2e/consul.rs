@@ -211,6 +211,15 @@ fn forcing_the_critical_host_lets_the_rollout_go_on() {
         "{}\n{GATED}gate_timeout = \"3s\"\n",
         discovery(&consul)
     ));
+    // check says the gate will wait on web-3 (a note, not a no-go).
+    let out = changeover(&config, &["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("will hold new starts until these pass: web-3"),
+        "{}",
+        text(&out)
+    );
     // Without --force the gate never opens: the deploy halts at the timeout.
     let out = changeover(&config, &["deploy", "--version", "v2", "--json"]);
     let all = text(&out);

@@ -78,7 +78,7 @@ fn bare(dir: &Path, extra: &str) -> PathBuf {
 
 fn ten_hosts() -> String {
     let hosts: Vec<String> = (1..=10)
-        .map(|i| format!("{{\"name\": \"web-{i}\", \"address\": \"10.0.0.{i}\", \"tags\": [\"production\"]}}"))
+        .map(|i| format!("{{\"name\": \"web-{i}\", \"address\": \"10.0.0.{i}\", \"tags\": [\"production\"], \"instance_id\": \"i-000{i}\"}}"))
         .collect();
     format!("[{}]", hosts.join(","))
 }
