@@ -6,6 +6,7 @@
 
 pub mod consul;
 pub mod etcd;
+mod keepalive;
 pub mod local;
 
 use changeover_core::plan::StoreSpec;

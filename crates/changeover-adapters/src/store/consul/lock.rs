@@ -3,6 +3,7 @@
 
 use super::{Inner, Txn};
 use crate::consul::path_escape;
+use crate::store::keepalive::{KeepAlive, Lease, Renewed};
 use async_trait::async_trait;
 use changeover_core::store::{lock_key, Acquired, LockGuard, LockKind, LockRecord, StoreError};
 use serde_json::json;
@@ -162,9 +163,7 @@ async fn session_create(inner: &Inner, name: &str) -> Result<String, StoreError>
         })
 }
 
-/// Renews a deploy lock's session at a third of its TTL; fires `lost` when
-/// Consul no longer knows the session, the key is no longer ours, or no
-/// renewal got through for a whole TTL.
+/// A deploy lock's session, renewed by [`KeepAlive`].
 struct Renewing {
     inner: Arc<Inner>,
     name: String,
@@ -176,51 +175,37 @@ struct Renewing {
 
 impl Renewing {
     async fn run(self) {
-        use tokio::time::sleep_until;
-        let every = self.ttl / 3;
-        let mut vouched_until = Instant::now() + self.ttl;
-        let why = loop {
-            tokio::select! {
-                _ = self.stop.cancelled() => return,
-                _ = sleep_until((Instant::now() + every).min(vouched_until)) => {}
-            }
-            if Instant::now() >= vouched_until {
-                break format!(
-                    "lock `{}`: its session could not be renewed for {}s (the TTL): Consul unreachable",
-                    self.name,
-                    self.ttl.as_secs()
-                );
-            }
-            let sent = Instant::now();
-            let renew = format!("/v1/session/renew/{}", path_escape(&self.session));
-            let renewed = tokio::select! {
-                _ = self.stop.cancelled() => return,
-                _ = sleep_until(vouched_until) => continue,
-                r = self.inner.client.put(&renew, &[], Vec::new()) => r,
-            };
-            match renewed {
-                Ok(a) if a.status == 200 => vouched_until = sent + self.ttl,
-                Ok(a) if a.status == 404 => {
-                    break format!("lock `{}`: its session expired or was destroyed", self.name)
-                }
-                // Tried again at the next tick, until the TTL runs out.
-                _ => continue,
-            }
-            match self.inner.get(&lock_key(&self.name)).await {
-                Ok(Some(e)) if e.session.as_deref() == Some(self.session.as_str()) => {}
-                Ok(_) => {
-                    break format!(
-                        "lock `{}` was taken away (its key is gone or someone else's)",
-                        self.name
-                    )
-                }
-                Err(_) => {}
-            }
+        let keep = KeepAlive {
+            name: self.name.clone(),
+            ttl: self.ttl,
+            granted_at: Instant::now(),
+            what: "session",
+            store: "Consul",
+            request_timeout: self.ttl,
+            lost: self.lost.clone(),
+            stop: self.stop.clone(),
         };
-        if !self.stop.is_cancelled() {
-            tracing::warn!("{why}");
-            self.lost.cancel();
+        keep.run(self).await
+    }
+}
+
+#[async_trait]
+impl Lease for Renewing {
+    async fn renew(&self, limit: Duration) -> Renewed {
+        let renew = format!("/v1/session/renew/{}", path_escape(&self.session));
+        match tokio::time::timeout(limit, self.inner.client.put(&renew, &[], Vec::new())).await {
+            Ok(Ok(a)) if a.status == 200 => Renewed::For(self.ttl),
+            Ok(Ok(a)) if a.status == 404 => Renewed::Gone,
+            _ => Renewed::Failed,
         }
+    }
+
+    async fn still_ours(&self) -> Result<bool, StoreError> {
+        Ok(self
+            .inner
+            .get(&lock_key(&self.name))
+            .await?
+            .is_some_and(|e| e.session.as_deref() == Some(self.session.as_str())))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Deploy locks: the lease, the keepalive task, the guard.
 
-use super::gateway::{number, secs, Failure, Inner};
+use super::gateway::{number, Failure, Inner};
+use crate::store::keepalive::{KeepAlive, Lease, Renewed};
 use async_trait::async_trait;
 use changeover_core::store::{lock_key, LockGuard, StoreError};
 use serde_json::json;
@@ -47,58 +48,30 @@ pub(super) struct Holding {
 }
 
 impl Holding {
+    /// Renew the lease until stopped or lost.
     pub(super) async fn run(self) {
-        use tokio::time::{sleep_until, Instant};
-        let every = self.ttl / 3;
-        // A renewal sent at `t` vouches for the lock until `t + TTL`: past
-        // that the lease may be gone without our knowing.
-        let mut vouched_until = Instant::from_std(self.granted_at) + self.ttl;
-        let why = loop {
-            tokio::select! {
-                _ = self.stop.cancelled() => return,
-                _ = sleep_until((Instant::now() + every).min(vouched_until)) => {}
-            }
-            if Instant::now() >= vouched_until {
-                break format!(
-                    "lock `{}`: its lease could not be renewed for {} (the TTL): etcd unreachable",
-                    self.name,
-                    secs(self.ttl)
-                );
-            }
-            let sent = Instant::now();
-            let limit = every
-                .min(self.inner.timeout)
-                .max(Duration::from_millis(200));
-            let renewed = tokio::select! {
-                _ = self.stop.cancelled() => return,
-                // The loop's top says why.
-                _ = sleep_until(vouched_until) => continue,
-                r = self.inner.keepalive_once(self.lease, limit) => r,
-            };
-            match renewed {
-                Ok(ttl) if ttl > 0 => vouched_until = sent + Duration::from_secs(ttl as u64),
-                Ok(_) => break format!("lock `{}`: its lease expired or was revoked", self.name),
-                Err(f) if f.is_not_found() => {
-                    break format!("lock `{}`: its lease expired or was revoked", self.name)
-                }
-                // Tried again at the next tick, until the TTL runs out.
-                Err(_) => continue,
-            }
-            // The lease lives; is the key still the one we created?
-            let ours = tokio::select! {
-                _ = self.stop.cancelled() => return,
-                r = tokio::time::timeout(every, self.still_ours()) => r,
-            };
-            if let Ok(Ok(false)) = ours {
-                break format!(
-                    "lock `{}` was taken away (its key is gone or someone else's)",
-                    self.name
-                );
-            }
+        let keep = KeepAlive {
+            name: self.name.clone(),
+            ttl: self.ttl,
+            granted_at: tokio::time::Instant::from_std(self.granted_at),
+            what: "lease",
+            store: "etcd",
+            request_timeout: self.inner.timeout,
+            lost: self.lost.clone(),
+            stop: self.stop.clone(),
         };
-        if !self.stop.is_cancelled() {
-            tracing::warn!("{why}");
-            self.lost.cancel();
+        keep.run(self).await
+    }
+}
+
+#[async_trait]
+impl Lease for Holding {
+    async fn renew(&self, limit: Duration) -> Renewed {
+        match self.inner.keepalive_once(self.lease, limit).await {
+            Ok(ttl) if ttl > 0 => Renewed::For(Duration::from_secs(ttl as u64)),
+            Ok(_) => Renewed::Gone,
+            Err(f) if f.is_not_found() => Renewed::Gone,
+            Err(_) => Renewed::Failed,
         }
     }
 
