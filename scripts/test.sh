@@ -16,6 +16,8 @@ command -v socat >/dev/null 2>&1 || need+=(socat)
 # The store conformance suite runs a real etcd (and etcdctl to set it up).
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+command -v git >/dev/null 2>&1 || need+=(git)
+command -v man >/dev/null 2>&1 || need+=(man-db)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -149,7 +149,22 @@ impl ConsulClient {
         if let Some(b) = body {
             req = req.body(b);
         }
-        let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
+        let started = std::time::Instant::now();
+        let sent = req.send().await;
+        // `-v`: the path, never the token (it is in a header).
+        match &sent {
+            Ok(r) => tracing::debug!(
+                ms = started.elapsed().as_millis() as u64,
+                status = r.status().as_u16(),
+                "consul {path}"
+            ),
+            Err(e) => tracing::debug!(
+                ms = started.elapsed().as_millis() as u64,
+                "consul {path} failed: {}",
+                self.scrub(e.to_string().as_bytes())
+            ),
+        }
+        let resp = sent.map_err(|e| self.unreachable(&e))?;
         let status = resp.status().as_u16();
         let index = resp
             .headers()

@@ -82,6 +82,7 @@ pub async fn deployment(
         local,
         health,
         gate,
+        wave_hooks: None,
         journal: args
             .journal
             .unwrap_or_else(|| Arc::new(MemoryJournal::default())),

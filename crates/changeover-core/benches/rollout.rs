@@ -96,6 +96,7 @@ fn bench(hosts: usize, instances: u32, strategy: &str) {
             local: remote.clone(),
             health: Some(Arc::new(SimProbe::default())),
             gate: None,
+            wave_hooks: None,
             journal: Arc::new(MemoryJournal::default()),
             events: Arc::new(NullSink),
             deploy_id: "bench".into(),

@@ -183,6 +183,17 @@ pub enum Event {
         max_ms: u64,
         failure_kinds: std::collections::BTreeMap<String, u64>,
     },
+    /// A `[hooks]` command ran (`pre_deploy`, `pre_wave`, …).
+    HookFinished {
+        hook: String,
+        /// For `pre_wave`/`post_wave`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        wave: Option<usize>,
+        ok: bool,
+        duration_ms: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     DeployFinished {
         outcome: Outcome,
         updated: usize,

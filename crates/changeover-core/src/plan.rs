@@ -30,9 +30,63 @@ pub struct Plan {
     /// `[discovery]`: where more hosts come from (merged into `hosts` by
     /// [`crate::discovery::merge`] before anything runs).
     pub discovery: Option<DiscoverySpec>,
+    /// `[hooks]`: local commands around the rollout.
+    pub hooks: HooksSpec,
+    /// `[artifact] check`: the build must exist before anything moves.
+    pub artifact: Option<ArtifactSpec>,
+    /// `[version] git`: `--version` may be a git ref, resolved to a sha.
+    pub version_source: Option<GitSource>,
     /// Where the fleet came from, and how many hosts each source gave
     /// (`config` first; filled in by discovery).
     pub fleet_sources: Vec<FleetSource>,
+}
+
+/// `[hooks]`: local commands (`sh -c`, in the config's directory) with the
+/// run in `CHANGEOVER_*` variables.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HooksSpec {
+    /// Before anything is touched; failing stops the run (exit 1).
+    pub pre_deploy: Option<String>,
+    /// After the run, whatever its outcome; failing is reported.
+    pub post_deploy: Option<String>,
+    /// Once, after a failed run; failing is reported.
+    pub on_failure: Option<String>,
+    /// Before each wave; failing halts before the wave's units are touched.
+    pub pre_wave: Option<String>,
+    /// After each wave; failing is reported.
+    pub post_wave: Option<String>,
+    /// Each hook's bound (its process group is killed past it).
+    pub timeout: Duration,
+    /// The config's directory: where hooks run.
+    pub dir: PathBuf,
+}
+
+impl HooksSpec {
+    pub fn any_wave_hook(&self) -> bool {
+        self.pre_wave.is_some() || self.post_wave.is_some()
+    }
+}
+
+/// `[artifact]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArtifactSpec {
+    /// Run locally in preflight (placeholders `{version}`, `{previous_version}`,
+    /// `{target}`, shell-quoted); non-zero is a no-go.
+    pub check: Template,
+    pub timeout: Duration,
+    pub dir: PathBuf,
+}
+
+/// `[version] git`: a repository path (relative to the config) or URL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GitSource {
+    /// As written (for messages).
+    pub git: String,
+    /// A local repository: `git ls-remote origin`, then `git rev-parse` in it.
+    pub local_dir: Option<PathBuf>,
+    /// A remote URL: `git ls-remote <url>` only.
+    pub url: Option<String>,
+    pub timeout: Duration,
 }
 
 /// One source of the fleet, for `plan` and `check`.

@@ -116,6 +116,10 @@ pub struct HistoryEntry {
     /// `deploy`, `rollback` or `unify`.
     pub command: String,
     pub version: String,
+    /// The git ref the operator typed, when `[version] git` resolved it to
+    /// `version` (a sha).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_ref: Option<String>,
     /// The pointer's current before the run.
     pub previous: Option<String>,
     pub pointer: String,

@@ -117,6 +117,13 @@ pub enum Command {
     /// The demo app (used by `changeover demo` and the tests).
     #[command(hide = true)]
     DemoApp(DemoAppArgs),
+    /// Print a shell completion script (bash: `source <(changeover completions bash)`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `changeover man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,6 +198,10 @@ pub struct DemoArgs {
     /// balancer, with the same witness, and show both results side by side.
     #[arg(long)]
     pub compare_naive: bool,
+    /// Run the demo in DIR (new or empty) and keep it: the config it used,
+    /// its state, journal and the app logs.
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -3,12 +3,12 @@
 
 mod cli;
 mod commands;
+mod logging;
 mod plan_view;
 mod reporter;
 mod witnessing;
 
 use changeover_core::config::{self, ConfigErrors};
-use clap::Parser;
 use cli::{Cli, Command};
 use commands::Ctx;
 use reporter::Reporter;
@@ -27,7 +27,42 @@ pub mod exit {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // The demo writes and uses its own config: a --config given to it
+    // would be silently ignored.
+    if matches!(cli.command, Command::Demo(_))
+        && matches.value_source("config") == Some(clap::parser::ValueSource::CommandLine)
+    {
+        eprintln!("error: demo writes and uses a config of its own; --config is not used (see --keep DIR to keep the one it wrote)");
+        return ExitCode::from(exit::USAGE);
+    }
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "changeover",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::from(exit::OK);
+        }
+        Command::Man => {
+            return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::from(exit::OK),
+                Err(e) => {
+                    eprintln!("error: cannot write the man page: {e}");
+                    ExitCode::from(exit::FAILED)
+                }
+            };
+        }
+        _ => {}
+    }
+    logging::init(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,7 +122,9 @@ async fn run(cli: Cli) -> u8 {
         quiet: cli.quiet,
     };
     match cli.command {
-        Command::Plan { target, version } => commands::plan::run(&ctx, target.target, &version),
+        Command::Plan { target, version } => {
+            commands::plan::run(&ctx, target.target, &version).await
+        }
         Command::Check(target) => commands::check::run(&ctx, target.target).await,
         Command::Deploy {
             target,
@@ -104,7 +141,11 @@ async fn run(cli: Cli) -> u8 {
         Command::History { target, n } => commands::history::run(&ctx, target.target, n).await,
         Command::Lock { action } => commands::lock::run(&ctx, action).await,
         Command::Recover => commands::recover::run(&ctx).await,
-        Command::DemoApp(_) | Command::DemoCtl(_) | Command::Demo(_) => {
+        Command::DemoApp(_)
+        | Command::DemoCtl(_)
+        | Command::Demo(_)
+        | Command::Completions { .. }
+        | Command::Man => {
             unreachable!("handled above")
         }
     }

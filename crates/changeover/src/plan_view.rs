@@ -53,7 +53,27 @@ pub fn fleet_sources(plan: &Plan) -> String {
     format!("{} host(s): {}", plan.hosts.len(), parts.join(", "))
 }
 
+/// The plan as text (the `plan` command's output).
 pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String, String> {
+    view(plan, target, version).map(|v| v.text)
+}
+
+/// The plan as one JSON document (`plan --json`).
+pub fn render_json(
+    plan: &Plan,
+    target: Option<&str>,
+    version: &str,
+) -> Result<serde_json::Value, String> {
+    view(plan, target, version).map(|v| v.json)
+}
+
+/// The same plan, as text and as JSON.
+struct View {
+    text: String,
+    json: serde_json::Value,
+}
+
+fn view(plan: &Plan, target: Option<&str>, version: &str) -> Result<View, String> {
     let resolved = plan.target(target)?;
     let units = resolved.units.clone();
     let policy = &resolved.policy;
@@ -159,6 +179,34 @@ pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String
             humantime::format_duration(policy.strategy.pause)
         );
     }
+    if let Some(a) = &plan.artifact {
+        let vars = Vars {
+            version: version.to_string(),
+            target: target.unwrap_or("").to_string(),
+            ..Vars::default()
+        };
+        let _ = writeln!(
+            s,
+            "artifact: `{}` must exit 0 first (preflight; at most {})",
+            a.check.render_shell(&vars),
+            humantime::format_duration(a.timeout)
+        );
+    }
+    let hooks = &plan.hooks;
+    let named: Vec<&str> = [
+        ("pre_deploy", &hooks.pre_deploy),
+        ("pre_wave", &hooks.pre_wave),
+        ("post_wave", &hooks.post_wave),
+        ("post_deploy", &hooks.post_deploy),
+        ("on_failure", &hooks.on_failure),
+    ]
+    .iter()
+    .filter(|(_, c)| c.is_some())
+    .map(|(n, _)| *n)
+    .collect();
+    if !named.is_empty() {
+        let _ = writeln!(s, "hooks: {}", named.join(", "));
+    }
     for (lb, spec) in balancers.iter().zip(lb_specs) {
         let method = match &spec.kind {
             LbKind::Haproxy { method, .. } => format!(", method {method:?}").to_lowercase(),
@@ -166,11 +214,48 @@ pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String
         };
         let _ = writeln!(s, "balancer: {}{method}", lb.label());
     }
+    let mut json = serde_json::json!({
+        "app": plan.app,
+        "version": version,
+        "target": target,
+        "units": units.len(),
+        "hosts": hosts.len(),
+        "fleet": plan.fleet_sources.iter().map(|f| serde_json::json!({"origin": f.origin, "hosts": f.hosts})).collect::<Vec<_>>(),
+        "policy": {
+            "pointer": policy.pointer,
+            "partial": policy.partial,
+            "lock": policy.lock,
+            "lb_takeout": policy.lb_takeout,
+            "require_message": policy.require_message,
+        },
+        "strategy": strategy,
+        "max_out_of_service": bound,
+        "max_failures": policy.strategy.max_failures.of_allow_zero(units.len()),
+        "wait_for_all_healthy": policy.strategy.wait_for_all_healthy,
+        "pause_ms": policy.strategy.pause.as_millis() as u64,
+        "balancers": balancers.iter().map(|b| b.label()).collect::<Vec<_>>(),
+        "hooks": named,
+        "artifact_check": plan.artifact.as_ref().map(|a| a.check.render_shell(&Vars {
+            version: version.to_string(),
+            target: target.unwrap_or("").to_string(),
+            ..Vars::default()
+        })),
+    });
+    let mut json_waves = Vec::new();
     s.push('\n');
     for (wi, wave) in waves.iter().enumerate() {
         let _ = writeln!(s, "wave {} ({} unit(s))", wi + 1, wave.len());
+        let mut json_wave = Vec::new();
         for u in wave.iter().map(|&i| &units[i]) {
             let members: Vec<String> = balancers.iter().map(|b| b.member_name(u)).collect();
+            json_wave.push(serde_json::json!({
+                "unit": u.name(),
+                "host": u.host.name,
+                "address": u.host.address,
+                "instance": u.instance,
+                "instance_id": u.host.instance_id,
+                "members": members,
+            }));
             let instance = u
                 .host
                 .instance_id
@@ -184,16 +269,20 @@ pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String
                 members.join(" ")
             );
         }
+        json_waves.push(serde_json::Value::Array(json_wave));
     }
+    json["waves"] = serde_json::Value::Array(json_waves);
     let Some(first) = units.first() else {
-        return Ok(s);
+        json["steps"] = serde_json::json!([]);
+        return Ok(View { text: s, json });
     };
     let vars = Vars::for_unit(first, version, "", target.unwrap_or(""));
     let _ = writeln!(s, "\nsteps for each unit (shown for {first}):");
-    let mut n = 0;
+    json["steps_shown_for"] = first.name().into();
+    let mut steps: Vec<String> = Vec::new();
     let mut step = |s: &mut String, text: String| {
-        n += 1;
-        let _ = writeln!(s, "  {n}. {text}");
+        let _ = writeln!(s, "  {}. {text}", steps.len() + 1);
+        steps.push(text);
     };
     // With method = "weight" the words say what HAProxy is told.
     let by_weight = |spec: &changeover_core::plan::LbSpec| {
@@ -321,5 +410,6 @@ pub fn render(plan: &Plan, target: Option<&str>, version: &str) -> Result<String
         &mut s,
         "confirm: wait until every balancer reports it serving".into(),
     );
-    Ok(s)
+    json["steps"] = steps.into();
+    Ok(View { text: s, json })
 }

@@ -109,6 +109,17 @@ fn human(elapsed: Duration, event: &Event, quiet: bool) -> Option<String> {
             "{t} interrupted: no new unit starts; units in flight finish their phase and go back in if healthy (Ctrl-C again to stop at once)"
         ),
         Event::Interrupted { hard: true } => format!("{t} stopped at once: units in flight are left where they are"),
+        Event::HookFinished { hook, wave, ok, duration_ms, error } => {
+            let which = wave.map(|w| format!(" (wave {w})")).unwrap_or_default();
+            if *ok {
+                if quiet {
+                    return None;
+                }
+                format!("{t} hook {hook}{which} done in {:.1}s", *duration_ms as f64 / 1000.0)
+            } else {
+                format!("{t} hook {hook}{which} failed: {}", error.clone().unwrap_or_default())
+            }
+        }
         Event::DeployFinished { outcome, updated, failed, reverted, skipped, untouched, current, max_out_of_service_seen, units } => {
             let mut s = format!(
                 "{} after {:.1}s: {updated} updated, {current} already current, {failed} failed, {reverted} put back unchanged, {skipped} skipped, {untouched} untouched; at most {max_out_of_service_seen} out of service at once",

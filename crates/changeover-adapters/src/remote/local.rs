@@ -75,6 +75,19 @@ impl LocalRemote {
         input: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<CommandOutput, RemoteError> {
+        let started = std::time::Instant::now();
+        let result = self.execute_untraced(host, command, input, timeout).await;
+        crate::remote::log_command("local", &host.name, command, started, &result);
+        result
+    }
+
+    async fn execute_untraced(
+        &self,
+        host: &Host,
+        command: &str,
+        input: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<CommandOutput, RemoteError> {
         let exec_error = |message: String| RemoteError::Exec {
             host: host.name.clone(),
             command: command.to_string(),

@@ -25,8 +25,33 @@ pub struct RawConfig {
     pub witness: Option<RawWitness>,
     pub store: Option<RawStore>,
     pub discovery: Option<RawDiscovery>,
+    pub hooks: Option<RawHooks>,
+    pub artifact: Option<RawArtifact>,
+    pub version: Option<RawVersion>,
     /// `[status] version_command`: not built yet, rejected by name.
     pub status: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawHooks {
+    pub pre_deploy: Option<String>,
+    pub post_deploy: Option<String>,
+    pub on_failure: Option<String>,
+    pub pre_wave: Option<String>,
+    pub post_wave: Option<String>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawArtifact {
+    pub check: Option<String>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawVersion {
+    pub git: Option<String>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use toml::Value;
 
+mod around;
 mod deploy;
 mod discovery;
 mod drain;
@@ -184,7 +185,17 @@ impl<'a> Validator<'a> {
     }
 
     pub(super) fn template(&mut self, path: P, text: &str) -> Option<Template> {
-        match Template::parse(text, PLACEHOLDERS) {
+        self.template_in(path, text, PLACEHOLDERS)
+    }
+
+    /// A template that may use only `allowed` placeholders.
+    pub(super) fn template_in(
+        &mut self,
+        path: P,
+        text: &str,
+        allowed: &[&str],
+    ) -> Option<Template> {
+        match Template::parse(text, allowed) {
             Ok(t) => Some(t),
             Err(unknown) => {
                 let value_span = self.span(&path);
@@ -197,7 +208,7 @@ impl<'a> Validator<'a> {
                     Some(at) => s.start + at..s.start + at + needle.len(),
                     None => s,
                 });
-                let suggestion = closest(&unknown.name, PLACEHOLDERS)
+                let suggestion = closest(&unknown.name, allowed)
                     .map(|s| format!("did you mean `{{{s}}}`? "))
                     .unwrap_or_default();
                 self.errors.push(ConfigError::new(
@@ -208,7 +219,7 @@ impl<'a> Validator<'a> {
                     "unknown placeholder",
                     Some(format!(
                         "{suggestion}placeholders are {}; write `{{{{` for a literal brace",
-                        PLACEHOLDERS
+                        allowed
                             .iter()
                             .map(|p| format!("{{{p}}}"))
                             .collect::<Vec<_>>()
@@ -373,6 +384,9 @@ impl<'a> Validator<'a> {
             None => self.base_dir.join(".changeover"),
         };
         let store = self.store(raw.store, &app, &state_dir);
+        let hooks = self.hooks(raw.hooks);
+        let artifact = self.artifact(raw.artifact);
+        let version_source = self.version_source(raw.version);
         if raw.status.is_some() {
             self.err(
                 path!["status"],
@@ -401,6 +415,9 @@ impl<'a> Validator<'a> {
             state_dir,
             store,
             discovery,
+            hooks,
+            artifact,
+            version_source,
             fleet_sources: vec![FleetSource {
                 origin: "config".into(),
                 hosts: hosts_in_config,

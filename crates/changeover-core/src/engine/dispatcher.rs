@@ -136,9 +136,22 @@ pub async fn run(
         if queue.is_empty() {
             continue;
         }
+        let wave_units: Vec<String> = queue.iter().map(|&i| dep.units[i].name()).collect();
+        if let Some(hooks) = dep.wave_hooks.clone() {
+            let t = Instant::now();
+            let ran = hooks.before_wave(wi + 1, &wave_units).await;
+            if let Some(error) = hook_event(&dep, "pre_wave", wi + 1, t, &ran) {
+                d.halt_with(format!(
+                    "the pre_wave hook failed before wave {}: {error}; its units were not touched",
+                    wi + 1
+                ));
+                break;
+            }
+        }
+        let failures_before = d.failures;
         dep.emit(Event::WaveStarted {
             wave: wi + 1,
-            units: queue.iter().map(|&i| dep.units[i].name()).collect(),
+            units: wave_units.clone(),
         });
         loop {
             if dep.external_halt.is_triggered() && !d.halt.is_cancelled() {
@@ -226,6 +239,15 @@ pub async fn run(
                 _ = ticker.tick() => d.progress(),
             }
         }
+        if let Some(hooks) = dep.wave_hooks.clone() {
+            if !d.hard {
+                let t = Instant::now();
+                let ran = hooks
+                    .after_wave(wi + 1, &wave_units, d.failures > failures_before)
+                    .await;
+                hook_event(&dep, "post_wave", wi + 1, t, &ran);
+            }
+        }
     }
     // A check still in flight is aborted (dropping it aborts the task).
     if let Some(g) = d.gate.as_mut() {
@@ -236,6 +258,29 @@ pub async fn run(
         d.on_msg(msg);
     }
     d.summary().await
+}
+
+/// Report a wave hook that ran; its error, if it failed.
+fn hook_event(
+    dep: &Deployment,
+    hook: &str,
+    wave: usize,
+    started: Instant,
+    ran: &Result<bool, String>,
+) -> Option<String> {
+    let error = match ran {
+        Ok(false) => return None,
+        Ok(true) => None,
+        Err(e) => Some(e.clone()),
+    };
+    dep.emit(Event::HookFinished {
+        hook: hook.to_string(),
+        wave: Some(wave),
+        ok: error.is_none(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        error: error.clone(),
+    });
+    error
 }
 
 /// The health gate's state, owned by the dispatcher.

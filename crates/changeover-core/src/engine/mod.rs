@@ -42,6 +42,8 @@ pub struct Deployment {
     /// Asked by the fleet-wide gate instead of probing every unit with
     /// `health` (`[strategy] gate = "consul"`).
     pub gate: Option<Arc<dyn FleetHealth>>,
+    /// `[hooks] pre_wave` / `post_wave`, run around each wave.
+    pub wave_hooks: Option<Arc<dyn WaveHooks>>,
     pub journal: Arc<dyn Journal>,
     pub events: Arc<dyn EventSink>,
     pub deploy_id: String,
@@ -54,6 +56,18 @@ pub struct Deployment {
     /// Lets something outside the engine halt the rollout as a failure
     /// would (the traffic witness seeing too many failed requests).
     pub external_halt: HaltSignal,
+}
+
+/// Local commands around each wave (`[hooks] pre_wave`, `post_wave`).
+#[async_trait::async_trait]
+pub trait WaveHooks: Send + Sync {
+    /// Before wave `wave` (1-based) starts its `units`; `Err` halts the
+    /// rollout before any of them is touched. `Ok(false)`: no such hook.
+    async fn before_wave(&self, wave: usize, units: &[String]) -> Result<bool, String>;
+    /// After every unit of the wave finished; `failed` if any failed.
+    /// `Err` is reported, nothing more. `Ok(false)`: no such hook.
+    async fn after_wave(&self, wave: usize, units: &[String], failed: bool)
+        -> Result<bool, String>;
 }
 
 /// A halt requested from outside the engine, with its reason.

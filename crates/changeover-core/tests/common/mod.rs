@@ -65,6 +65,7 @@ pub fn fixture(plan: Arc<Plan>, remote: SimRemote, probe: SimProbe, forced: &[&s
         local: remote,
         health: Some(Arc::new(probe)),
         gate: None,
+        wave_hooks: None,
         journal: journal.clone(),
         events: events.clone(),
         deploy_id: "t".into(),

@@ -633,6 +633,7 @@ fn rig(
         local: remote,
         health: Some(Arc::new(probe)),
         gate: None,
+        wave_hooks: None,
         journal: world.journal.clone(),
         events: events.clone(),
         deploy_id: "t".into(),

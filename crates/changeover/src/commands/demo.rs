@@ -28,6 +28,13 @@ pub async fn run(args: &DemoArgs, json: bool, quiet: bool) -> u8 {
         Ok(demo) => {
             let code = demo.run(args, json, quiet).await;
             demo.stop_instances();
+            if let DemoDir::Kept(dir) = &demo.dir {
+                eprintln!(
+                    "kept: {} (the config it used: {}; state, journal and app logs beside it)",
+                    dir.display(),
+                    dir.join("changeover.toml").display()
+                );
+            }
             code
         }
         Err(e) => {
@@ -37,8 +44,25 @@ pub async fn run(args: &DemoArgs, json: bool, quiet: bool) -> u8 {
     }
 }
 
+/// Where the demo keeps its config, state and logs.
+enum DemoDir {
+    /// Removed when the demo ends.
+    Temp(tempfile::TempDir),
+    /// `--keep DIR`: left for the newcomer to open.
+    Kept(PathBuf),
+}
+
+impl DemoDir {
+    fn path(&self) -> &Path {
+        match self {
+            DemoDir::Temp(t) => t.path(),
+            DemoDir::Kept(p) => p,
+        }
+    }
+}
+
 struct Demo {
-    dir: tempfile::TempDir,
+    dir: DemoDir,
     exe: PathBuf,
     ports: Vec<u16>,
     lb_port: u16,
@@ -48,10 +72,29 @@ impl Demo {
     fn new(args: &DemoArgs) -> Result<Demo, String> {
         let exe =
             std::env::current_exe().map_err(|e| format!("cannot find my own executable: {e}"))?;
-        let dir = tempfile::Builder::new()
-            .prefix("changeover-demo")
-            .tempdir()
-            .map_err(|e| e.to_string())?;
+        let dir = match &args.keep {
+            None => DemoDir::Temp(
+                tempfile::Builder::new()
+                    .prefix("changeover-demo")
+                    .tempdir()
+                    .map_err(|e| e.to_string())?,
+            ),
+            Some(dir) => {
+                // Never mix a new demo into something that is already there.
+                if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+                    return Err(format!(
+                        "--keep {}: the directory is not empty; name a new or empty one",
+                        dir.display()
+                    ));
+                }
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("--keep {}: {e}", dir.display()))?;
+                let dir = dir
+                    .canonicalize()
+                    .map_err(|e| format!("--keep {}: {e}", dir.display()))?;
+                DemoDir::Kept(dir)
+            }
+        };
         let ports = free_port_run(args.instances as usize)?;
         let lb_port = free_port()?;
         Ok(Demo {
@@ -117,6 +160,7 @@ impl Demo {
             kind: Kind::Deploy,
             target: None,
             version: Some("v2".into()),
+            version_ref: None,
             message: Some("changeover demo".into()),
             force: Vec::new(),
             redeploy: false,

@@ -12,10 +12,15 @@ pub async fn run(
     force: Vec<String>,
     redeploy: bool,
 ) -> u8 {
+    let (version, version_ref) = match super::around::resolve_version(&ctx.plan, &version).await {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
     let req = Request {
         kind: Kind::Deploy,
         target,
         version: Some(version),
+        version_ref,
         message: run.message,
         force,
         redeploy,

@@ -9,6 +9,7 @@
 use super::{report_preflight, Ctx};
 use crate::exit;
 use crate::witnessing;
+use changeover_adapters::hooks::{Hooks, RunInfo};
 use changeover_adapters::wiring::{self, RolloutArgs};
 use changeover_adapters::witness::WitnessReport;
 use changeover_core::engine::{self, Deployment, Report};
@@ -46,6 +47,8 @@ pub struct Request {
     pub target: Option<String>,
     /// Deploy only.
     pub version: Option<String>,
+    /// The git ref the operator typed, when `version` is the sha it names.
+    pub version_ref: Option<String>,
     pub message: Option<String>,
     pub force: Vec<String>,
     pub redeploy: bool,
@@ -79,6 +82,7 @@ pub async fn roll(ctx: &Ctx, kind: Kind, target: Option<String>, run: crate::cli
         kind,
         target,
         version: None,
+        version_ref: None,
         message: run.message,
         force: Vec::new(),
         redeploy: false,
@@ -202,6 +206,7 @@ pub async fn execute(ctx: &Ctx, req: Request) -> Executed {
             kind: Kind::Unify,
             target: req.target.clone(),
             version: None,
+            version_ref: None,
             message: req.message.clone(),
             force,
             redeploy: false,
@@ -362,7 +367,7 @@ async fn run_once(
         inner: ctx.events.clone(),
         confirmed: std::sync::Mutex::new(Some(rec_tx)),
     });
-    let dep = match wiring::deployment(
+    let mut dep = match wiring::deployment(
         plan,
         target,
         RolloutArgs {
@@ -376,14 +381,45 @@ async fn run_once(
     )
     .await
     {
-        Ok(d) => Arc::new(d),
+        Ok(d) => d,
         Err(e) => {
             eprintln!("error: {e}");
             return no(exit::USAGE);
         }
     };
+    let previous_version = pointer.current.clone().unwrap_or_default();
+    let hooks = Arc::new(Hooks::new(
+        &plan.hooks,
+        &RunInfo {
+            app: &plan.app,
+            target: target.name.as_deref(),
+            command: kind.as_str(),
+            version: &version,
+            version_ref: req.version_ref.as_deref(),
+            previous_version: &previous_version,
+            deploy_id,
+            message: req.message.as_deref(),
+            holder,
+        },
+    ));
+    if plan.hooks.any_wave_hook() {
+        dep.wave_hooks = Some(hooks.clone());
+    }
+    let dep = Arc::new(dep);
     let started_at = state::now_rfc3339();
     let mut pf = engine::preflight(&dep).await;
+    if let Some(spec) = &plan.artifact {
+        if let Err(problem) = changeover_adapters::version::check_artifact(
+            spec,
+            &version,
+            &previous_version,
+            target.name.as_deref().unwrap_or(""),
+        )
+        .await
+        {
+            pf.problems.push(problem);
+        }
+    }
     report_preflight(&dep, &pf);
     if !pf.go() {
         dep.remote.close().await;
@@ -412,6 +448,21 @@ async fn run_once(
                 return no(exit::NO_GO);
             }
         }
+    }
+    let unit_names: Vec<String> = dep.units.iter().map(|u| u.name()).collect();
+    if let Err(e) = super::around::hook(
+        &hooks,
+        "pre_deploy",
+        &unit_names,
+        &[],
+        dep.events.as_ref(),
+        dep.started.elapsed(),
+    )
+    .await
+    {
+        dep.remote.close().await;
+        eprintln!("error: the pre_deploy hook failed: {e}; nothing was changed");
+        return no(exit::FAILED);
     }
     let in_progress = InProgress {
         deploy_id: deploy_id.to_string(),
@@ -544,6 +595,7 @@ async fn run_once(
         target: target.name.clone(),
         command: kind.as_str().to_string(),
         version: version.clone(),
+        version_ref: req.version_ref.clone(),
         previous: pointer.current.clone(),
         pointer: policy.pointer.clone(),
         partial: policy.partial,
@@ -568,6 +620,27 @@ async fn run_once(
     }
     if !ctx.quiet && kind != Kind::Deploy {
         eprintln!("{} of {label} to {version}: {outcome}", kind.as_str());
+    }
+    // post_deploy always, on_failure once on a failure; their failures are
+    // reported, never change the run's outcome.
+    let outcome_env = [("OUTCOME", outcome.to_string())];
+    let mut after = vec!["post_deploy"];
+    if report.outcome == Outcome::Failed {
+        after.push("on_failure");
+    }
+    for name in after {
+        if let Err(e) = super::around::hook(
+            &hooks,
+            name,
+            &unit_names,
+            &outcome_env,
+            dep.events.as_ref(),
+            dep.started.elapsed(),
+        )
+        .await
+        {
+            eprintln!("warning: the {name} hook failed: {e}");
+        }
     }
     let code = match report.outcome {
         // The hosts are done but the store does not say so: not a success.

@@ -2,6 +2,7 @@
 //! command that rolls units (deploy, rollback, unify, the auto-rollback and
 //! the demo) goes through [`execute::execute`].
 
+pub mod around;
 pub mod check;
 pub mod demo;
 pub mod deploy;

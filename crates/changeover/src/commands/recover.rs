@@ -223,6 +223,7 @@ async fn recover_one(
         target: u.target.clone(),
         command: "recover".into(),
         version: u.version.clone(),
+        version_ref: None,
         previous: None,
         pointer,
         partial: false,

@@ -151,7 +151,7 @@ fn a_host_critical_in_consul_holds_new_starts_until_it_passes() {
     let child = Command::new(fleet::BIN)
         .arg("--config")
         .arg(&config)
-        .args(["deploy", "--version", "v2", "--json"])
+        .args(["deploy", "--version", "v2", "--json", "-v"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -200,6 +200,10 @@ fn a_host_critical_in_consul_holds_new_starts_until_it_passes() {
     );
     assert_eq!(fleet.versions(), ["v2", "v2", "v2", "v2"], "{all}");
     assert!(!all.contains(TOKEN), "the token is in the output");
+    // -v: every Consul request, every SSH command, every balancer call.
+    assert!(all.contains("consul /v1/health/service/testapp"), "{all}");
+    assert!(all.contains("ran `"), "{all}");
+    assert!(all.contains("haproxy `"), "{all}");
 }
 
 #[test]

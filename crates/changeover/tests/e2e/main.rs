@@ -1,6 +1,7 @@
 //! End-to-end: the real binary against real HAProxy and a fleet of real sshd
 //! on 127.0.1.x, with steady load through HAProxy.
 
+mod around;
 mod consul;
 mod crash;
 mod discovery;

@@ -84,6 +84,23 @@ impl HaproxyLb {
 
     /// One connection: send `line`, return everything HAProxy answers.
     pub(super) async fn exchange(&self, line: &str) -> Result<String, LbError> {
+        let started = std::time::Instant::now();
+        let result = self.exchange_untraced(line).await;
+        let ms = started.elapsed().as_millis() as u64;
+        let sent = line.trim_end();
+        match &result {
+            Ok(answer) => {
+                tracing::debug!(balancer = ?self.endpoint, ms, "haproxy `{sent}` -> {}", one_line(answer));
+                tracing::trace!(balancer = ?self.endpoint, "haproxy answer to `{sent}`:\n{answer}");
+            }
+            Err(e) => {
+                tracing::debug!(balancer = ?self.endpoint, ms, "haproxy `{sent}` failed: {e}")
+            }
+        }
+        result
+    }
+
+    async fn exchange_untraced(&self, line: &str) -> Result<String, LbError> {
         let secs = humanize(self.timeout);
         match &self.endpoint {
             Endpoint::Unix(path) => {
@@ -256,6 +273,16 @@ impl HaproxyLb {
 
 /// The message in an error answer. "Unknown command" comes with the whole
 /// help text; its first line is the message.
+/// An answer on one line for `-v`: its first line and how many follow.
+fn one_line(answer: &str) -> String {
+    let mut lines = answer.trim().lines();
+    let first = lines.next().unwrap_or("(empty)");
+    match lines.count() {
+        0 => first.to_string(),
+        n => format!("{first} (+{n} lines)"),
+    }
+}
+
 pub(super) fn message_of(answer: &str) -> String {
     let first = answer.lines().next().unwrap_or("").trim();
     first.trim_end_matches(':').to_string()

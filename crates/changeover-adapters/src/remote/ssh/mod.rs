@@ -469,6 +469,19 @@ impl SshRemote {
         input: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<CommandOutput, RemoteError> {
+        let started = std::time::Instant::now();
+        let result = self.run_untraced(host, command, input, timeout).await;
+        crate::remote::log_command("ssh", &host.name, command, started, &result);
+        result
+    }
+
+    async fn run_untraced(
+        &self,
+        host: &Host,
+        command: &str,
+        input: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<CommandOutput, RemoteError> {
         let exec_error = |message: String| RemoteError::Exec {
             host: host.name.clone(),
             command: command.to_string(),

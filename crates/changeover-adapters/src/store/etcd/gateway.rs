@@ -284,6 +284,23 @@ impl Inner {
         body: &Value,
         timeout: Option<Duration>,
     ) -> Result<Value, Failure> {
+        let started = std::time::Instant::now();
+        let result = self.call_untraced(path, body, timeout).await;
+        // `-v`: the call, never the body (an authenticate body holds the password).
+        let ms = started.elapsed().as_millis() as u64;
+        match &result {
+            Ok(_) => tracing::debug!(ms, "etcd {path}"),
+            Err(f) => tracing::debug!(ms, "etcd {path} failed: {f:?}"),
+        }
+        result
+    }
+
+    async fn call_untraced(
+        &self,
+        path: &str,
+        body: &Value,
+        timeout: Option<Duration>,
+    ) -> Result<Value, Failure> {
         let token = self.token.lock().unwrap().clone();
         match self.send(path, body, token.as_deref(), timeout).await {
             Err(f) if f.is_stale_token() && self.login.is_some() => {

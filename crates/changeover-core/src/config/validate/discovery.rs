@@ -143,8 +143,14 @@ impl Validator<'_> {
             .strip_prefix("http://")
             .or_else(|| address.strip_prefix("https://"));
         if !matches!(rest, Some(hp) if !hp.is_empty() && !hp.contains('/') && !hp.contains('@')) {
+            // Credentials in the address: no span, the excerpt would show them.
+            let at = if address.contains('@') {
+                Vec::new()
+            } else {
+                sub(base, "address")
+            };
             self.err(
-                sub(base, "address"),
+                at,
                 format!(
                     "`{}` is not a Consul address",
                     super::redact_url(address)

@@ -182,6 +182,13 @@ impl Validator<'_> {
                         Some(hp) if !hp.is_empty() && !hp.contains('/') && !hp.contains('@') => {
                             endpoints.push(e.to_string())
                         }
+                        // Credentials: no span, the excerpt would show them.
+                        _ if e.contains('@') => self.err(
+                            vec![],
+                            format!("[store] endpoints[{i}]: `{}` is not an etcd endpoint", super::redact_url(e)),
+                            "",
+                            "write the client URL as http(s)://host:port, without credentials (they go in username and password_env)",
+                        ),
                         _ => self.err(
                             path!["store", "endpoints", i],
                             format!("`{}` is not an etcd endpoint", super::redact_url(e)),
