@@ -156,6 +156,10 @@ pub struct RunArgs {
     /// (e.g. 60s, 10m).
     #[arg(long, value_name = "DURATION", value_parser = humantime_duration)]
     pub lock_wait: Option<std::time::Duration>,
+    /// Write a self-contained HTML report of the run (timeline of every
+    /// unit's phases, out-of-service count against the bound, the witness).
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -202,6 +206,11 @@ pub struct DemoArgs {
     /// its state, journal and the app logs.
     #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,
+    /// Where to write the HTML report of the rollout (default: report.html
+    /// in the --keep DIR, else changeover-demo-report.html in the system's
+    /// temp directory).
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

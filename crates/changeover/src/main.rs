@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod logging;
 mod plan_view;
+mod report;
 mod reporter;
 mod witnessing;
 

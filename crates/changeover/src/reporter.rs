@@ -23,6 +23,18 @@ impl EventSink for Reporter {
     }
 }
 
+/// Every event to each of several sinks (the reporter and a `--report`
+/// recorder).
+pub struct Tee(pub Vec<std::sync::Arc<dyn EventSink>>);
+
+impl EventSink for Tee {
+    fn emit(&self, elapsed: Duration, event: Event) {
+        for sink in &self.0 {
+            sink.emit(elapsed, event.clone());
+        }
+    }
+}
+
 fn stamp(elapsed: Duration) -> String {
     format!("{:>7.1}s", elapsed.as_secs_f64())
 }

@@ -9,6 +9,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_changeover");
 
 #[test]
 fn demo_updates_every_unit_without_a_failed_request_and_naive_fails_some() {
+    let keep = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
         .args([
             "demo",
@@ -22,7 +23,9 @@ fn demo_updates_every_unit_without_a_failed_request_and_naive_fails_some() {
             "600ms",
             "--compare-naive",
             "--json",
+            "--keep",
         ])
+        .arg(keep.path().join("demo"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -53,5 +56,14 @@ fn demo_updates_every_unit_without_a_failed_request_and_naive_fails_some() {
     assert!(
         stderr.contains("drained"),
         "the per-unit timeline is shown: {stderr}"
+    );
+    // --keep: the config it used, and the report it wrote, stay.
+    let kept = keep.path().join("demo");
+    assert!(kept.join("changeover.toml").is_file(), "{stderr}");
+    let report = std::fs::read_to_string(kept.join("report.html")).expect("the demo's report");
+    assert!(report.contains("data-unit=\"local#1\""), "a row per unit");
+    assert!(
+        stderr.contains(&format!("report: {}", kept.join("report.html").display())),
+        "{stderr}"
     );
 }

@@ -165,6 +165,7 @@ impl Demo {
             force: Vec::new(),
             redeploy: false,
             lock_wait: None,
+            report: Some(self.report_path(args)),
         };
         let stop = CancellationToken::new();
         let done = execute(&ctx, req).await;
@@ -375,6 +376,16 @@ timeout = "2s"
             }
         }
         true
+    }
+
+    /// `--report`, else report.html in the kept directory, else the
+    /// system's temp directory (the demo's own directory goes at exit).
+    fn report_path(&self, args: &DemoArgs) -> PathBuf {
+        match (&args.report, &self.dir) {
+            (Some(p), _) => p.clone(),
+            (None, DemoDir::Kept(dir)) => dir.join("report.html"),
+            (None, DemoDir::Temp(_)) => std::env::temp_dir().join("changeover-demo-report.html"),
+        }
     }
 
     fn log(&self, port: u16) -> PathBuf {

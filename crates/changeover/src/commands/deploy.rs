@@ -25,6 +25,7 @@ pub async fn run(
         force,
         redeploy,
         lock_wait: run.lock_wait,
+        report: run.report,
     };
     execute(ctx, req).await.exit
 }

@@ -53,6 +53,8 @@ pub struct Request {
     pub force: Vec<String>,
     pub redeploy: bool,
     pub lock_wait: Option<Duration>,
+    /// `--report FILE.html`.
+    pub report: Option<std::path::PathBuf>,
 }
 
 /// How a rollout ended, for the caller (the demo reads the report).
@@ -87,11 +89,55 @@ pub async fn roll(ctx: &Ctx, kind: Kind, target: Option<String>, run: crate::cli
         force: Vec::new(),
         redeploy: false,
         lock_wait: run.lock_wait,
+        report: run.report,
     };
     execute(ctx, req).await.exit
 }
 
-pub async fn execute(ctx: &Ctx, req: Request) -> Executed {
+/// Run `req`; with `--report`, every event is also recorded and the HTML
+/// report written at the end (the file is created first: a path that cannot
+/// be written is exit 2 before anything is touched).
+pub async fn execute(ctx: &Ctx, mut req: Request) -> Executed {
+    let Some(path) = req.report.take() else {
+        return execute_run(ctx, req).await;
+    };
+    if let Err(e) = std::fs::write(&path, "") {
+        eprintln!(
+            "error: cannot write the report {}: {e}; nothing was touched",
+            path.display()
+        );
+        return Executed::exit(exit::USAGE);
+    }
+    let recorder = Arc::new(crate::report::Recorder::new());
+    let teed = Ctx {
+        plan: Arc::clone(&ctx.plan),
+        events: Arc::new(crate::reporter::Tee(vec![
+            ctx.events.clone(),
+            recorder.clone(),
+        ])),
+        json: ctx.json,
+        quiet: ctx.quiet,
+    };
+    let title = format!(
+        "changeover {} {} of {}{}",
+        req.kind.as_str(),
+        req.version.as_deref().unwrap_or(""),
+        ctx.plan.app,
+        req.target
+            .as_deref()
+            .map(|t| format!(" ({t})"))
+            .unwrap_or_default()
+    );
+    let done = execute_run(&teed, req).await;
+    let html = crate::report::render(&recorder.events(), &title);
+    match std::fs::write(&path, html) {
+        Ok(()) => eprintln!("report: {}", path.display()),
+        Err(e) => eprintln!("warning: cannot write the report {}: {e}", path.display()),
+    }
+    done
+}
+
+async fn execute_run(ctx: &Ctx, req: Request) -> Executed {
     let target = match ctx.plan.target(req.target.as_deref()) {
         Ok(t) => t,
         Err(e) => {
@@ -211,6 +257,7 @@ pub async fn execute(ctx: &Ctx, req: Request) -> Executed {
             force,
             redeploy: false,
             lock_wait: None,
+            report: None,
         };
         let second = run_once(
             ctx,

@@ -11,6 +11,7 @@ mod frontend;
 mod gate;
 mod hostile_input;
 mod lifecycle;
+mod report;
 
 use changeover_testkit::load::{LoadGen, LoadOptions};
 use fleet::{changeover, Fleet, OutSampler};
