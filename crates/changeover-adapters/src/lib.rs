@@ -15,6 +15,7 @@ pub mod health;
 pub mod hooks;
 pub mod lb;
 pub mod local_command;
+pub mod notify;
 pub mod remote;
 pub mod store;
 pub mod version;

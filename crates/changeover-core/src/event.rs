@@ -273,6 +273,50 @@ pub trait EventSink: Send + Sync {
 }
 
 /// One NDJSON line for an event.
+/// The `event` name of every event (for `[[notify]] events`).
+pub const EVENT_NAMES: &[&str] = &[
+    "deploy_started",
+    "preflight",
+    "wave_started",
+    "unit_phase",
+    "drain_timeout",
+    "unit_finished",
+    "progress",
+    "gate_closed",
+    "gate_opened",
+    "halted",
+    "member_back",
+    "interrupted",
+    "witness_progress",
+    "witness_summary",
+    "hook_finished",
+    "deploy_finished",
+];
+
+impl Event {
+    /// Its `event` name in the JSON form.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::DeployStarted { .. } => "deploy_started",
+            Event::Preflight { .. } => "preflight",
+            Event::WaveStarted { .. } => "wave_started",
+            Event::UnitPhase { .. } => "unit_phase",
+            Event::DrainTimeout { .. } => "drain_timeout",
+            Event::UnitFinished { .. } => "unit_finished",
+            Event::Progress { .. } => "progress",
+            Event::GateClosed { .. } => "gate_closed",
+            Event::GateOpened { .. } => "gate_opened",
+            Event::Halted { .. } => "halted",
+            Event::MemberBack { .. } => "member_back",
+            Event::Interrupted { .. } => "interrupted",
+            Event::WitnessProgress { .. } => "witness_progress",
+            Event::WitnessSummary { .. } => "witness_summary",
+            Event::HookFinished { .. } => "hook_finished",
+            Event::DeployFinished { .. } => "deploy_finished",
+        }
+    }
+}
+
 pub fn to_json_line(elapsed: Duration, event: &Event) -> String {
     let mut value = serde_json::to_value(event).expect("events serialize");
     if let Some(map) = value.as_object_mut() {
@@ -287,4 +331,20 @@ pub struct NullSink;
 
 impl EventSink for NullSink {
     fn emit(&self, _: Duration, _: Event) {}
+}
+
+#[cfg(test)]
+mod names {
+    use super::*;
+
+    #[test]
+    fn name_is_the_json_tag() {
+        let e = Event::Interrupted { hard: false };
+        let v: serde_json::Value = serde_json::from_str(&to_json_line(Duration::ZERO, &e)).unwrap();
+        assert_eq!(v["event"], e.name());
+        assert!(EVENT_NAMES.contains(&e.name()));
+        let e = Event::GateOpened { closed_ms: 1 };
+        let v: serde_json::Value = serde_json::from_str(&to_json_line(Duration::ZERO, &e)).unwrap();
+        assert_eq!(v["event"], e.name());
+    }
 }

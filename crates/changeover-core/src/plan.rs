@@ -32,6 +32,8 @@ pub struct Plan {
     pub discovery: Option<DiscoverySpec>,
     /// `[hooks]`: local commands around the rollout.
     pub hooks: HooksSpec,
+    /// `[[notify]]`: where the run is announced.
+    pub notify: Vec<NotifySpec>,
     /// `[artifact] check`: the build must exist before anything moves.
     pub artifact: Option<ArtifactSpec>,
     /// `[version] git`: `--version` may be a git ref, resolved to a sha.
@@ -66,6 +68,31 @@ impl HooksSpec {
         self.pre_wave.is_some() || self.post_wave.is_some()
     }
 }
+
+/// `[[notify]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotifySpec {
+    pub kind: NotifyKind,
+    /// The environment variable holding the URL (a secret: never logged).
+    pub url_env: String,
+    /// Event names (`deploy_started`, …) and `deploy_failed` (a
+    /// `deploy_finished` that is not a success).
+    pub events: Vec<String>,
+    /// Per request.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyKind {
+    /// A Slack incoming webhook: `{"text": …}`, a readable summary.
+    Slack,
+    /// The event's JSON object, POSTed as it is in the `--json` stream
+    /// (with the run's `app`, `target`, `command`, `message`, `holder`).
+    Webhook,
+}
+
+/// What `[[notify]] events` is when not given.
+pub const DEFAULT_NOTIFY_EVENTS: &[&str] = &["deploy_started", "deploy_finished", "halted"];
 
 /// `[artifact]`.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,6 +7,7 @@ pub mod etcd;
 pub mod frontfleet;
 pub mod haproxy;
 pub mod load;
+pub mod receiver;
 pub mod sshd;
 pub mod tls;
 pub mod tools;

@@ -160,6 +160,9 @@ pub struct RunArgs {
     /// unit's phases, out-of-service count against the bound, the witness).
     #[arg(long, value_name = "FILE.html")]
     pub report: Option<PathBuf>,
+    /// Send no [[notify]] notifications for this run.
+    #[arg(long)]
+    pub silent: bool,
 }
 
 #[derive(Debug, Args)]

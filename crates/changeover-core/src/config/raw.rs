@@ -26,6 +26,8 @@ pub struct RawConfig {
     pub store: Option<RawStore>,
     pub discovery: Option<RawDiscovery>,
     pub hooks: Option<RawHooks>,
+    #[serde(default)]
+    pub notify: Vec<RawNotify>,
     pub artifact: Option<RawArtifact>,
     pub version: Option<RawVersion>,
     /// `[status] version_command`: not built yet, rejected by name.
@@ -39,6 +41,14 @@ pub struct RawHooks {
     pub on_failure: Option<String>,
     pub pre_wave: Option<String>,
     pub post_wave: Option<String>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawNotify {
+    pub kind: Option<String>,
+    pub url_env: Option<String>,
+    pub events: Option<Vec<String>>,
     pub timeout: Option<String>,
 }
 

@@ -385,6 +385,7 @@ impl<'a> Validator<'a> {
         };
         let store = self.store(raw.store, &app, &state_dir);
         let hooks = self.hooks(raw.hooks);
+        let notify = self.notify(raw.notify);
         let artifact = self.artifact(raw.artifact);
         let version_source = self.version_source(raw.version);
         if raw.status.is_some() {
@@ -416,6 +417,7 @@ impl<'a> Validator<'a> {
             store,
             discovery,
             hooks,
+            notify,
             artifact,
             version_source,
             fleet_sources: vec![FleetSource {

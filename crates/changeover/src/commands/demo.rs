@@ -166,6 +166,7 @@ impl Demo {
             redeploy: false,
             lock_wait: None,
             report: Some(self.report_path(args)),
+            silent: true,
         };
         let stop = CancellationToken::new();
         let done = execute(&ctx, req).await;

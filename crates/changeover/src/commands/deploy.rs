@@ -26,6 +26,7 @@ pub async fn run(
         redeploy,
         lock_wait: run.lock_wait,
         report: run.report,
+        silent: run.silent,
     };
     execute(ctx, req).await.exit
 }

@@ -33,7 +33,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             Kind::Deploy => "deploy",
             Kind::Rollback => "rollback",
@@ -55,6 +55,8 @@ pub struct Request {
     pub lock_wait: Option<Duration>,
     /// `--report FILE.html`.
     pub report: Option<std::path::PathBuf>,
+    /// `--silent`: no `[[notify]]`.
+    pub silent: bool,
 }
 
 /// How a rollout ended, for the caller (the demo reads the report).
@@ -67,7 +69,7 @@ pub struct Executed {
 }
 
 impl Executed {
-    fn exit(code: u8) -> Executed {
+    pub(super) fn exit(code: u8) -> Executed {
         Executed {
             exit: code,
             report: None,
@@ -90,54 +92,17 @@ pub async fn roll(ctx: &Ctx, kind: Kind, target: Option<String>, run: crate::cli
         redeploy: false,
         lock_wait: run.lock_wait,
         report: run.report,
+        silent: run.silent,
     };
     execute(ctx, req).await.exit
 }
 
-/// Run `req`; with `--report`, every event is also recorded and the HTML
-/// report written at the end (the file is created first: a path that cannot
-/// be written is exit 2 before anything is touched).
-pub async fn execute(ctx: &Ctx, mut req: Request) -> Executed {
-    let Some(path) = req.report.take() else {
-        return execute_run(ctx, req).await;
-    };
-    if let Err(e) = std::fs::write(&path, "") {
-        eprintln!(
-            "error: cannot write the report {}: {e}; nothing was touched",
-            path.display()
-        );
-        return Executed::exit(exit::USAGE);
-    }
-    let recorder = Arc::new(crate::report::Recorder::new());
-    let teed = Ctx {
-        plan: Arc::clone(&ctx.plan),
-        events: Arc::new(crate::reporter::Tee(vec![
-            ctx.events.clone(),
-            recorder.clone(),
-        ])),
-        json: ctx.json,
-        quiet: ctx.quiet,
-    };
-    let title = format!(
-        "changeover {} {} of {}{}",
-        req.kind.as_str(),
-        req.version.as_deref().unwrap_or(""),
-        ctx.plan.app,
-        req.target
-            .as_deref()
-            .map(|t| format!(" ({t})"))
-            .unwrap_or_default()
-    );
-    let done = execute_run(&teed, req).await;
-    let html = crate::report::render(&recorder.events(), &title);
-    match std::fs::write(&path, html) {
-        Ok(()) => eprintln!("report: {}", path.display()),
-        Err(e) => eprintln!("warning: cannot write the report {}: {e}", path.display()),
-    }
-    done
+/// Run `req`, with its report and notifications (`around::with_extras`).
+pub async fn execute(ctx: &Ctx, req: Request) -> Executed {
+    super::around::with_extras(ctx, req).await
 }
 
-async fn execute_run(ctx: &Ctx, req: Request) -> Executed {
+pub(super) async fn execute_run(ctx: &Ctx, req: Request) -> Executed {
     let target = match ctx.plan.target(req.target.as_deref()) {
         Ok(t) => t,
         Err(e) => {
@@ -258,6 +223,7 @@ async fn execute_run(ctx: &Ctx, req: Request) -> Executed {
             redeploy: false,
             lock_wait: None,
             report: None,
+            silent: req.silent,
         };
         let second = run_once(
             ctx,

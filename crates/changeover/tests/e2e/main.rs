@@ -11,6 +11,7 @@ mod frontend;
 mod gate;
 mod hostile_input;
 mod lifecycle;
+mod notify;
 mod report;
 
 use changeover_testkit::load::{LoadGen, LoadOptions};

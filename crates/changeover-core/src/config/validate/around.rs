@@ -1,9 +1,12 @@
 //! Around the rollout: `[hooks]`, `[artifact]` and `[version]`.
 
 use super::Validator;
-use crate::config::raw::{RawArtifact, RawHooks, RawVersion};
+use crate::config::raw::{RawArtifact, RawHooks, RawNotify, RawVersion};
+use crate::event::EVENT_NAMES;
 use crate::path;
-use crate::plan::{ArtifactSpec, GitSource, HooksSpec};
+use crate::plan::{
+    ArtifactSpec, GitSource, HooksSpec, NotifyKind, NotifySpec, DEFAULT_NOTIFY_EVENTS,
+};
 use std::time::Duration;
 
 /// What an artifact check may name: nothing about a unit (it runs once).
@@ -47,6 +50,94 @@ impl Validator<'_> {
             timeout,
             dir,
         }
+    }
+
+    pub(super) fn notify(&mut self, raw: Vec<RawNotify>) -> Vec<NotifySpec> {
+        let mut out = Vec::new();
+        for (i, n) in raw.into_iter().enumerate() {
+            let kind = match self.choice(
+                path!["notify", i, "kind"],
+                n.kind.as_ref(),
+                &["slack", "webhook"],
+                "",
+            ) {
+                "slack" => Some(NotifyKind::Slack),
+                "webhook" => Some(NotifyKind::Webhook),
+                _ => {
+                    if n.kind.is_none() {
+                        self.err(
+                            path!["notify", i],
+                            "[[notify]] needs `kind`",
+                            "no kind",
+                            "kind = \"slack\" (an incoming webhook) or \"webhook\" (the event as JSON)",
+                        );
+                    }
+                    None
+                }
+            };
+            let url_env = match n.url_env {
+                Some(v)
+                    if !v.is_empty()
+                        && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+                {
+                    Some(v)
+                }
+                Some(_) => {
+                    self.err(
+                        path!["notify", i, "url_env"],
+                        "url_env must name an environment variable",
+                        "not a variable name",
+                        "write the variable's name, e.g. url_env = \"SLACK_WEBHOOK_URL\"; the URL is a secret and never goes in the config",
+                    );
+                    None
+                }
+                None => {
+                    self.err(
+                        path!["notify", i],
+                        "[[notify]] needs `url_env`",
+                        "no url_env",
+                        "name the environment variable that holds the URL, e.g. url_env = \"SLACK_WEBHOOK_URL\"",
+                    );
+                    None
+                }
+            };
+            let mut events = Vec::new();
+            match n.events {
+                None => events.extend(DEFAULT_NOTIFY_EVENTS.iter().map(|e| e.to_string())),
+                Some(list) => {
+                    for (j, e) in list.into_iter().enumerate() {
+                        if EVENT_NAMES.contains(&e.as_str()) || e == "deploy_failed" {
+                            events.push(e);
+                        } else {
+                            let hint = super::closest(&e, EVENT_NAMES)
+                                .map(|c| format!("did you mean \"{c}\"? "))
+                                .unwrap_or_default();
+                            self.err(
+                                path!["notify", i, "events", j],
+                                format!("`{e}` is not an event"),
+                                "unknown event",
+                                format!("{hint}events are the --json stream's names (docs/events.md: deploy_started, deploy_finished, halted, unit_finished, …) and deploy_failed"),
+                            );
+                        }
+                    }
+                }
+            }
+            let timeout = self.duration(
+                path!["notify", i, "timeout"],
+                n.timeout.as_ref(),
+                std::time::Duration::from_secs(5),
+                false,
+            );
+            if let (Some(kind), Some(url_env)) = (kind, url_env) {
+                out.push(NotifySpec {
+                    kind,
+                    url_env,
+                    events,
+                    timeout,
+                });
+            }
+        }
+        out
     }
 
     pub(super) fn artifact(&mut self, raw: Option<RawArtifact>) -> Option<ArtifactSpec> {
