@@ -23,7 +23,7 @@ pub fn init(verbose: u8) {
     let _ = tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
+                .with_writer(|| crate::progress::AboveBars(std::io::stderr()))
                 .with_target(false)
                 .with_ansi(false)
                 .with_timer(tracing_subscriber::fmt::time::uptime()),

@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod logging;
 mod plan_view;
+mod progress;
 mod report;
 mod reporter;
 mod witnessing;
@@ -115,10 +116,7 @@ async fn run(cli: Cli) -> u8 {
     };
     let ctx = Ctx {
         plan: Arc::new(plan),
-        events: Arc::new(Reporter {
-            json: cli.json,
-            quiet: cli.quiet,
-        }),
+        events: Arc::new(Reporter::new(cli.json, cli.quiet, cli.verbose)),
         json: cli.json,
         quiet: cli.quiet,
     };

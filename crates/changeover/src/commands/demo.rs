@@ -145,7 +145,11 @@ impl Demo {
                 return exit::FAILED;
             }
         };
-        let timeline = Arc::new(Timeline::new(Reporter { json, quiet }));
+        let timeline = Arc::new(Timeline::new(Reporter::new(
+            json,
+            quiet,
+            crate::reporter::log_verbosity(),
+        )));
         eprintln!(
             "balancer: http://127.0.0.1:{}/ — rolling v1 → v2 with {} req/s of witness traffic\n",
             self.lb_port, args.rps
