@@ -256,7 +256,8 @@ fn human(elapsed: Duration, event: &Event, v: View) -> Option<String> {
         ),
         Event::UnitFinished { unit, result, output, .. } => {
             let routine = matches!(result.result, "updated" | "current");
-            if result.result != "failed" && (quiet || (routine && v.large && v.verbose == 0)) {
+            // -q: no per-unit lines; the summary names every failed unit.
+            if quiet || (result.result != "failed" && routine && v.large && v.verbose == 0) {
                 return None;
             }
             let mut line = match result.result {
