@@ -112,6 +112,9 @@ pub struct SimRemote {
     pub failing_hosts: HashSet<String>,
     pub unreachable_hosts: HashSet<String>,
     pub delay: Duration,
+    /// Up to this much more per host (fixed per host name), so that units
+    /// do not all finish in the same instant.
+    pub spread: Duration,
     pub output: std::sync::Mutex<Vec<(String, std::collections::VecDeque<String>)>>,
     /// The next N commands that match an `output` key time out instead.
     pub timeouts: std::sync::Mutex<u32>,
@@ -167,8 +170,13 @@ impl Remote for SimRemote {
                 });
             }
         }
-        if !self.delay.is_zero() {
-            tokio::time::sleep(self.delay).await;
+        if !self.delay.is_zero() || !self.spread.is_zero() {
+            let h = host
+                .name
+                .bytes()
+                .fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619));
+            let extra = self.spread.mul_f64(f64::from(h % 1000) / 1000.0);
+            tokio::time::sleep(self.delay + extra).await;
         }
         if self.failing_hosts.contains(&host.name) {
             return Ok(CommandOutput {

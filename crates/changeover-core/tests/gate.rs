@@ -402,3 +402,76 @@ async fn drain_host_says_why_when_no_count_succeeded() {
         "put back: nothing was changed on it"
     );
 }
+
+/// Counts the gate's sweeps: one call answers for the whole fleet.
+#[derive(Default, Clone)]
+struct CountingSource(Arc<Mutex<Vec<tokio::time::Instant>>>);
+
+#[async_trait::async_trait]
+impl changeover_core::health::FleetHealth for CountingSource {
+    async fn unhealthy(
+        &self,
+        _units: &[Arc<changeover_core::unit::Unit>],
+    ) -> Result<Vec<(usize, String)>, String> {
+        self.0.lock().unwrap().push(tokio::time::Instant::now());
+        Ok(Vec::new())
+    }
+    fn describe(&self) -> String {
+        "counting".into()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_gate_sweeps_once_per_interval_not_once_per_start() {
+    // 100 units through a window of 10, steps of 1 to 2 s (spread per
+    // host, so starts trickle one by one): about 100 starts spread over
+    // some 15 s. A sweep per start would be ~100 sweeps of the fleet; one
+    // per health interval (1 s) is at most ~16.
+    let sweeps = CountingSource::default();
+    let mut f = fixture(
+        plan(
+            100,
+            1,
+            "[strategy]\nwindow = 10\nwait_for_all_healthy = true",
+        ),
+        SimRemote {
+            delay: Duration::from_secs(1),
+            spread: Duration::from_secs(1),
+            ..Default::default()
+        },
+        SimProbe::default(),
+        &[],
+    );
+    Arc::get_mut(&mut f.dep).unwrap().gate = Some(Arc::new(sweeps.clone()));
+    let started = tokio::time::Instant::now();
+    let r = deploy(&f).await;
+    assert_eq!(r.outcome, Outcome::Success, "{:?}", r.halt_reason);
+    let took = started.elapsed();
+    // The first call is the preflight's (it asks the source once).
+    let at: Vec<Duration> = sweeps
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .skip(1)
+        .map(|t| *t - started)
+        .collect();
+    let starts = f.events.take_outs().len();
+    assert_eq!(starts, 100);
+    // Never two sweeps within one interval: the fleet is probed at most
+    // once per interval (each sweep probes every unit once).
+    for w in at.windows(2) {
+        assert!(
+            w[1] - w[0] >= Duration::from_secs(1),
+            "two sweeps {:?} apart: {at:?}",
+            w[1] - w[0]
+        );
+    }
+    let bound = (took.as_secs_f64() / 1.0).ceil() as usize + 1;
+    assert!(
+        at.len() <= bound,
+        "{} sweeps in {took:?} (at most {bound}) for {starts} starts",
+        at.len()
+    );
+    eprintln!("{} sweeps for {starts} starts in {took:?}", at.len());
+}

@@ -98,7 +98,15 @@ pub async fn run(
         out_names: std::collections::BTreeSet::new(),
         gate: (dep.policy.strategy.wait_for_all_healthy
             && (dep.health.is_some() || dep.gate.is_some()))
-        .then(|| GateState::new(gate::watched(&dep))),
+        .then(|| {
+            let interval = dep
+                .policy
+                .health
+                .as_ref()
+                .or(dep.plan.health.as_ref())
+                .map_or(Duration::from_millis(500), |h| h.interval);
+            GateState::new(gate::watched(&dep), interval)
+        }),
     };
     if let Err(e) = begun {
         d.halt_with(format!("{e}; nothing was changed"));
@@ -159,7 +167,6 @@ pub async fn run(
             }
             // Start what the bound (and the health gate) allows. Forced
             // units that were already out do not take a place.
-            let mut started = false;
             let mut gate_wanted = false;
             while let Some(&next) = queue.front() {
                 if d.halt.is_cancelled() {
@@ -181,20 +188,12 @@ pub async fn run(
                 if counts && d.out >= bound {
                     break;
                 }
-                if d.gate.as_ref().is_some_and(|g| !g.open) {
+                if d.gate.as_ref().is_some_and(|g| !g.open()) {
                     gate_wanted = true;
                     break;
                 }
                 queue.pop_front();
                 d.start(next, counts, pf, &tx, &mut tasks);
-                started = true;
-            }
-            // One passing check admits what starts at that moment; the next
-            // start needs a fresh one.
-            if let Some(g) = d.gate.as_mut() {
-                if started {
-                    g.open = false;
-                }
             }
             if gate_wanted {
                 d.ensure_gate_check();
@@ -287,8 +286,14 @@ fn hook_event(
 struct GateState {
     /// The units it watches (the whole fleet but forced hosts).
     fleet: Arc<Vec<Arc<crate::unit::Unit>>>,
-    /// The last check passed and nothing has started since.
-    open: bool,
+    /// When the last check that passed answered: it admits every start
+    /// for one health interval from then (one sweep per interval, shared
+    /// by every start, not a fresh sweep before each).
+    passed_at: Option<Instant>,
+    /// When the last check started (the next waits one interval after it).
+    checked_at: Option<Instant>,
+    /// `health.interval`.
+    interval: Duration,
     /// The check in flight.
     check: Option<GateCheck>,
     /// Since when a start has been held back by the gate; `gate_timeout`
@@ -299,14 +304,21 @@ struct GateState {
 }
 
 impl GateState {
-    fn new(fleet: Arc<Vec<Arc<crate::unit::Unit>>>) -> GateState {
+    fn new(fleet: Arc<Vec<Arc<crate::unit::Unit>>>, interval: Duration) -> GateState {
         GateState {
             fleet,
-            open: false,
+            passed_at: None,
+            checked_at: None,
+            interval,
             check: None,
             held_since: None,
             unhealthy: Vec::new(),
         }
+    }
+
+    /// A check that passed less than one interval ago vouches for now.
+    fn open(&self) -> bool {
+        self.passed_at.is_some_and(|t| t.elapsed() < self.interval)
     }
 }
 
@@ -397,22 +409,21 @@ impl Dispatch {
             .iter()
             .map(|&i| gate::key(&self.dep.units[i]))
             .collect();
-        let interval = self
-            .dep
-            .plan
-            .health
-            .as_ref()
-            .map_or(Duration::from_millis(500), |h| h.interval);
         let Some(g) = self.gate.as_mut() else { return };
         g.held_since.get_or_insert_with(Instant::now);
         if g.check.is_some() {
             return;
         }
+        // At most one sweep per interval: after a failed check wait the
+        // interval; after a passed one that has expired, what is left of it.
+        let interval = g.interval;
         let delay = if g.unhealthy.is_empty() {
-            Duration::ZERO
+            g.checked_at
+                .map_or(Duration::ZERO, |t| interval.saturating_sub(t.elapsed()))
         } else {
             interval
         };
+        g.checked_at = Some(Instant::now() + delay);
         g.check = Some(GateCheck(tokio::spawn(gate::check(
             Arc::clone(&self.dep),
             Arc::clone(&g.fleet),
@@ -426,7 +437,9 @@ impl Dispatch {
         let Some(g) = self.gate.as_mut() else { return };
         let held = g.held_since.map_or(Duration::ZERO, |t| t.elapsed());
         if unhealthy.is_empty() {
-            g.open = true;
+            // From when the answer came: a sweep slower than the interval
+            // still admits the starts waiting for it.
+            g.passed_at = Some(Instant::now());
             g.held_since = None;
             if !g.unhealthy.is_empty() {
                 g.unhealthy.clear();
