@@ -183,6 +183,14 @@ pub enum Event {
         max_ms: u64,
         failure_kinds: std::collections::BTreeMap<String, u64>,
     },
+    /// `[deploy] prepare` ran on every unit, before anything was taken out.
+    Prepared {
+        units: usize,
+        duration_ms: u64,
+        /// Units whose prepare failed, with why.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        failed: Vec<GateUnit>,
+    },
     /// A `[hooks]` command ran (`pre_deploy`, `pre_wave`, …).
     HookFinished {
         hook: String,
@@ -290,6 +298,7 @@ pub const EVENT_NAMES: &[&str] = &[
     "witness_progress",
     "witness_summary",
     "hook_finished",
+    "prepared",
     "deploy_finished",
 ];
 
@@ -312,6 +321,7 @@ impl Event {
             Event::WitnessProgress { .. } => "witness_progress",
             Event::WitnessSummary { .. } => "witness_summary",
             Event::HookFinished { .. } => "hook_finished",
+            Event::Prepared { .. } => "prepared",
             Event::DeployFinished { .. } => "deploy_finished",
         }
     }

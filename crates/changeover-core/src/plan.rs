@@ -377,6 +377,11 @@ pub struct DeploySpec {
     pub run: Vec<Template>,
     /// Per-step timeout.
     pub timeout: Duration,
+    /// Run on every unit's host before the rollout starts, while
+    /// everything is still in rotation (pull an image, unpack a tarball).
+    pub prepare: Vec<Template>,
+    /// How many units prepare at once (default: `[ssh] max_connections`).
+    pub prepare_parallel: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -547,6 +552,7 @@ impl Policy {
     /// to every host).
     pub fn uses_ssh(&self, load_balancers: &[LbSpec]) -> bool {
         !self.deploy.run.is_empty()
+            || !self.deploy.prepare.is_empty()
             || matches!(
                 self.drain.mode,
                 DrainMode::Command(_) | DrainMode::Host { .. }

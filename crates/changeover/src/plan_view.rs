@@ -179,6 +179,32 @@ fn view(plan: &Plan, target: Option<&str>, version: &str) -> Result<View, String
             humantime::format_duration(policy.strategy.pause)
         );
     }
+    if !policy.deploy.prepare.is_empty() {
+        let vars = Vars::for_unit(
+            units
+                .first()
+                .map(|u| u.as_ref())
+                .unwrap_or(&units_placeholder()),
+            version,
+            "",
+            target.unwrap_or(""),
+        );
+        let _ = writeln!(
+            s,
+            "prepare (before the rollout, on every unit, {} at a time, everything in rotation): {}",
+            policy
+                .deploy
+                .prepare_parallel
+                .unwrap_or(plan.ssh.max_connections),
+            policy
+                .deploy
+                .prepare
+                .iter()
+                .map(|t| format!("`{}`", t.render_shell(&vars)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     if let Some(a) = &plan.artifact {
         let vars = Vars {
             version: version.to_string(),
@@ -412,4 +438,14 @@ fn view(plan: &Plan, target: Option<&str>, version: &str) -> Result<View, String
     );
     json["steps"] = steps.into();
     Ok(View { text: s, json })
+}
+
+/// A unit for rendering a plan's templates when the target has none.
+fn units_placeholder() -> changeover_core::unit::Unit {
+    changeover_core::unit::Unit {
+        index: 0,
+        host: Arc::new(changeover_core::unit::Host::new("{host}", "{address}")),
+        instance: 1,
+        port: None,
+    }
 }

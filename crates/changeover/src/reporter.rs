@@ -324,6 +324,17 @@ fn human(elapsed: Duration, event: &Event, v: View) -> Option<String> {
             "{t} interrupted: no new unit starts; units in flight finish their phase and go back in if healthy (Ctrl-C again to stop at once)"
         ),
         Event::Interrupted { hard: true } => format!("{t} stopped at once: units in flight are left where they are"),
+        Event::Prepared { units, duration_ms, failed } => {
+            if failed.is_empty() {
+                if quiet {
+                    return None;
+                }
+                format!("{t} prepared {units} unit(s) in {:.1}s", *duration_ms as f64 / 1000.0)
+            } else {
+                let names: Vec<String> = failed.iter().take(5).map(|f| format!("{} ({})", f.unit, f.error)).collect();
+                format!("{t} prepare failed on {} of {units} unit(s): {}", failed.len(), names.join("; "))
+            }
+        }
         Event::HookFinished { hook, wave, ok, duration_ms, error } => {
             let which = wave.map(|w| format!(" (wave {w})")).unwrap_or_default();
             if *ok {

@@ -146,6 +146,21 @@ fn around_the_rollout_config_errors() {
     let e = config_error("[artifact]\ncheck = \"ls {host}\"\n");
     assert!(e.contains("unknown placeholder `{host}`"), "{e}");
     assert!(config_error("[version]\ngit = \"no/such/dir\"\n").contains("is not a directory"));
+    // [deploy] is in the base config: a second table is a TOML error, so
+    // prepare_parallel without prepare is checked through the parser.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "app = \"shop\"\n[[hosts]]\nname = \"a\"\naddress = \"10.0.0.1\"\n[[load_balancers]]\nkind = \"none\"\n[deploy]\nrun = \"true\"\nprepare_parallel = 4\n").unwrap();
+    let out = run(&[
+        "--config",
+        path.to_str().unwrap(),
+        "plan",
+        "--version",
+        "v1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("prepare_parallel is set but there is no prepare"));
     let e = config_error("[version]\ngit = \"https://me:hunter2@git.example/shop.git\"\n");
     assert!(e.contains("carries a password"), "{e}");
     assert!(!e.contains("hunter2"), "{e}");

@@ -172,6 +172,9 @@ pub struct RawDeploy {
     /// A command or a list of commands, run on the operator's machine.
     pub local: Option<Value>,
     pub timeout: Option<String>,
+    /// Run on every unit before the rollout, everything still in rotation.
+    pub prepare: Option<Value>,
+    pub prepare_parallel: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

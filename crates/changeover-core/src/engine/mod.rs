@@ -7,10 +7,12 @@ mod dispatcher;
 mod gate;
 mod hold;
 mod preflight;
+mod prepare;
 mod walk;
 
 pub use dispatcher::{run, Report};
 pub use preflight::{preflight, Preflight};
+pub use prepare::prepare;
 
 use crate::event::{Event, EventSink};
 use crate::health::{FleetHealth, HealthProbe};

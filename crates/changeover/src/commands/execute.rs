@@ -477,6 +477,17 @@ async fn run_once(
         eprintln!("error: the pre_deploy hook failed: {e}; nothing was changed");
         return no(exit::FAILED);
     }
+    // `[deploy] prepare` on every unit, everything still in rotation.
+    engine::prepare(&dep, &mut pf).await;
+    if !pf.go() {
+        report_preflight(&dep, &pf);
+        dep.remote.close().await;
+        eprintln!("no-go: prepare failed; nothing was taken out of a balancer");
+        return no(exit::NO_GO);
+    }
+    for note in pf.notes.iter().filter(|n| n.contains("prepare")) {
+        eprintln!("note: {note}");
+    }
     let in_progress = InProgress {
         deploy_id: deploy_id.to_string(),
         target: target.name.clone(),

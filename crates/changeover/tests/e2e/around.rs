@@ -283,3 +283,79 @@ fn git_refs_resolve_to_shas_remote_first_then_local() {
     assert_eq!(doc["entries"][0]["version"], one.as_str());
     assert_eq!(doc["entries"][0]["version_ref"], "v1.0");
 }
+
+#[test]
+fn prepare_runs_on_every_unit_before_any_take_out_and_a_failure_changes_nothing() {
+    let fleet = Fleet::builder(3).start();
+    let apps = fleet.app_dir(0).parent().unwrap().to_path_buf();
+    let config = fleet.config(None, "[strategy]\nbatch = 1\n");
+    // The fleet's config has [deploy] already: add prepare to it.
+    let toml = std::fs::read_to_string(&config).unwrap().replacen(
+        "[deploy]\n",
+        &format!(
+            "[deploy]\nprepare = \"touch {a}/{{host}}/prepared-{{version}} && test ! -e {a}/{{host}}/fail-prepare\"\nprepare_parallel = 3\n",
+            a = apps.display()
+        ),
+        1,
+    );
+    std::fs::write(&config, toml).unwrap();
+
+    let out = changeover(&config, &["deploy", "--version", "v2", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let prepared = events
+        .iter()
+        .position(|e| e["event"] == "prepared")
+        .expect("a prepared event");
+    let first_take_out = events
+        .iter()
+        .position(|e| e["event"] == "unit_phase" && e["phase"] == "take_out")
+        .unwrap();
+    assert!(prepared < first_take_out, "prepare before any take-out");
+    assert_eq!(events[prepared]["units"], 3);
+    for i in 0..3 {
+        assert!(
+            fleet.app_dir(i).join("prepared-v2").exists(),
+            "web-{} prepared",
+            i + 1
+        );
+    }
+    assert_eq!(fleet.versions(), vec!["v2", "v2", "v2"]);
+
+    // A prepare that fails on web-2: a no-go, nothing taken out anywhere.
+    std::fs::write(fleet.app_dir(1).join("fail-prepare"), "").unwrap();
+    let counts = fleet.deploy_counts();
+    let out = changeover(&config, &["deploy", "--version", "v3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("web-2: prepare"), "{err}");
+    assert!(err.contains("nothing was taken out"), "{err}");
+    assert_eq!(fleet.deploy_counts(), counts, "no unit deployed");
+    for i in 1..=3 {
+        let row = fleet.haproxy.server(&format!("web-{i}"));
+        assert!(
+            row.status.starts_with("UP"),
+            "web-{i} stayed in: {}",
+            row.status
+        );
+    }
+    assert_eq!(fleet.versions(), vec!["v2", "v2", "v2"]);
+
+    // --force web-2: its unit is skipped, the others go.
+    let out = changeover(&config, &["deploy", "--version", "v3", "--force", "web-2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(fleet.versions(), vec!["v3", "v2", "v3"]);
+
+    // plan shows it.
+    let out = changeover(&config, &["plan", "--version", "v4"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("prepare (before the rollout, on every unit, 3 at a time"),
+        "{}",
+        text(&out)
+    );
+}

@@ -59,9 +59,33 @@ impl Validator<'_> {
         if raw.run.is_none() && raw.local.is_none() {
             self.err(path!["deploy"], "[deploy] has no step", "nothing to run", "set run = \"...\" (runs on each host over SSH) and/or local = \"...\" (runs on this machine)");
         }
+        let prepare = self.commands(path!["deploy", "prepare"], raw.prepare.as_ref());
+        let prepare_parallel = match raw.prepare_parallel {
+            None => None,
+            Some(n) if (1..=10_000).contains(&n) => Some(n as usize),
+            Some(n) => {
+                self.err(
+                    path!["deploy", "prepare_parallel"],
+                    format!("prepare_parallel = {n} is out of range"),
+                    "out of range",
+                    "how many units prepare at once: 1 to 10000 (default: [ssh] max_connections)",
+                );
+                None
+            }
+        };
+        if prepare_parallel.is_some() && prepare.is_empty() {
+            self.err(
+                path!["deploy", "prepare_parallel"],
+                "prepare_parallel is set but there is no prepare",
+                "nothing to run",
+                "add prepare = \"...\" (run on every unit before the rollout), or remove prepare_parallel",
+            );
+        }
         Some(DeploySpec {
             local,
             run,
+            prepare,
+            prepare_parallel,
             timeout: self.duration(
                 path!["deploy", "timeout"],
                 raw.timeout.as_ref(),

@@ -157,6 +157,40 @@ impl Rollout {
                     output: str_field(e, "output"),
                 });
             }
+            "prepared" => {
+                let ms = u64_field(e, "duration_ms").unwrap_or(0);
+                let units = u64_field(e, "units").unwrap_or(0);
+                let failed = e
+                    .get("failed")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len);
+                self.note(
+                    t,
+                    "prepared",
+                    format!(
+                        "{units} unit(s) prepared in {:.1}s before the rollout{}",
+                        ms as f64 / 1000.0,
+                        if failed > 0 {
+                            format!(", {failed} failed")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    failed > 0,
+                );
+            }
+            "hook_finished" => {
+                let hook = str_field(e, "hook").unwrap_or_default();
+                let ok = e.get("ok").and_then(Value::as_bool).unwrap_or(false);
+                let ms = u64_field(e, "duration_ms").unwrap_or(0);
+                let text = match str_field(e, "error") {
+                    Some(err) if !ok => {
+                        format!("{hook} failed after {:.1}s: {err}", ms as f64 / 1000.0)
+                    }
+                    _ => format!("{hook} done in {:.1}s", ms as f64 / 1000.0),
+                };
+                self.note(t, "hook", text, !ok);
+            }
             "drain_timeout" => {
                 let Some(u) = unit_of(e) else { return };
                 let i = self.unit(&u);
