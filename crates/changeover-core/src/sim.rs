@@ -1,5 +1,5 @@
 //! In-memory implementations of the seams: a balancer, a remote and a probe
-//! with zero latency. For the engine's own tests and the rollout benchmark,
+//! with zero latency (or a virtual one, in paused time). For the engine's own tests and the rollout benchmark,
 //! where the engine must be measured alone. Failure injection is by unit
 //! name so tests can script one bad host.
 
@@ -19,6 +19,8 @@ use std::time::Duration;
 #[derive(Default)]
 pub struct SimBalancer {
     state: Mutex<SimState>,
+    /// Virtual time every call takes (the benchmark's "100 ms balancer").
+    pub latency: Duration,
 }
 
 #[derive(Default)]
@@ -30,6 +32,14 @@ struct SimState {
 }
 
 impl SimBalancer {
+    /// A balancer whose every call takes `latency` of (virtual) time.
+    pub fn with_latency(latency: Duration) -> SimBalancer {
+        SimBalancer {
+            latency,
+            ..Default::default()
+        }
+    }
+
     pub fn max_out(&self) -> usize {
         self.state.lock().unwrap().max_out
     }
@@ -62,6 +72,9 @@ impl LoadBalancer for SimBalancer {
         unit.name()
     }
     async fn status(&self, units: &[&Unit]) -> Vec<Result<MemberStatus, LbError>> {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
         let st = self.state.lock().unwrap();
         units
             .iter()
@@ -84,6 +97,9 @@ impl LoadBalancer for SimBalancer {
         action: LbAction,
         _: Option<&[MemberStatus]>,
     ) -> Result<(), LbError> {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
         let mut st = self.state.lock().unwrap();
         for u in units {
             let new = match action {
@@ -197,6 +213,8 @@ impl Remote for SimRemote {
 #[derive(Default)]
 pub struct SimProbe {
     pub unhealthy_units: HashSet<String>,
+    /// Virtual time every probe takes.
+    pub latency: Duration,
     pub failing_probes: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
@@ -214,6 +232,9 @@ impl SimProbe {
 #[async_trait]
 impl HealthProbe for SimProbe {
     async fn probe(&self, unit: &Unit) -> Result<(), String> {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
         if self.unhealthy_units.contains(&unit.name()) {
             return Err("simulated: status 503".into());
         }
