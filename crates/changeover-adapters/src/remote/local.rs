@@ -88,61 +88,103 @@ impl LocalRemote {
         input: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<CommandOutput, RemoteError> {
-        let exec_error = |message: String| RemoteError::Exec {
-            host: host.name.clone(),
-            command: command.to_string(),
-            message,
-        };
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(command)
-            .env("CHANGEOVER_HOST", &host.name)
-            .env("CHANGEOVER_ADDRESS", &host.address)
-            .stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // A process group of its own: the terminal's Ctrl-C must reach
-            // changeover only (which lets steps in flight finish), and a
-            // timeout must be able to kill what the step started, not just
-            // its shell.
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| exec_error(format!("cannot start `sh`: {e}")))?;
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        let mut running = ProcessGroup::new(child);
-
-        let finished = async {
-            let (_, stdout, stderr, status) = tokio::join!(
-                write_all(stdin, input.unwrap_or_default()),
-                read_all(stdout),
-                read_all(stderr),
-                running.child.wait()
-            );
-            (stdout, stderr, status)
-        };
-        match tokio::time::timeout(timeout, finished).await {
-            Err(_) => Err(RemoteError::Timeout {
+        let env = [
+            ("CHANGEOVER_HOST".to_string(), host.name.clone()),
+            ("CHANGEOVER_ADDRESS".to_string(), host.address.clone()),
+        ];
+        match run_sh(command, None, &env, input, timeout).await {
+            Ok(done) => Ok(CommandOutput {
+                status: done.status,
+                stdout: String::from_utf8_lossy(&done.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&done.stderr).into_owned(),
+            }),
+            Err(ShError::TimedOut) => Err(RemoteError::Timeout {
                 host: host.name.clone(),
                 command: command.to_string(),
                 timeout,
             }),
-            Ok((stdout, stderr, status)) => {
-                running.reaped = true;
-                let status =
-                    status.map_err(|e| exec_error(format!("cannot wait for `sh`: {e}")))?;
-                Ok(CommandOutput {
-                    status: status.code(),
-                    stdout: String::from_utf8_lossy(&stdout).into_owned(),
-                    stderr: String::from_utf8_lossy(&stderr).into_owned(),
-                })
-            }
+            Err(ShError::Failed(message)) => Err(RemoteError::Exec {
+                host: host.name.clone(),
+                command: command.to_string(),
+                message,
+            }),
+        }
+    }
+}
+
+/// What `sh -c` left: its exit status (`None`: killed by a signal), stdout
+/// and stderr.
+pub(crate) struct ShDone {
+    pub status: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+pub(crate) enum ShError {
+    /// Past the timeout; the whole process group was killed.
+    TimedOut,
+    /// It could not be started or waited for.
+    Failed(String),
+}
+
+/// `sh -c <command>` on this machine (in `dir`, with `env` added), in a
+/// process group of its own that is killed on timeout or when the future
+/// is dropped. The one local runner: `local` steps, discovery commands,
+/// hooks, the artifact check and git all come through here.
+pub(crate) async fn run_sh(
+    command: &str,
+    dir: Option<&std::path::Path>,
+    env: &[(String, String)],
+    input: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<ShDone, ShError> {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(command);
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
+    let mut child = cmd
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // A process group of its own: the terminal's Ctrl-C must reach
+        // changeover only (which lets steps in flight finish), and a
+        // timeout must be able to kill what the step started, not just
+        // its shell.
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| ShError::Failed(format!("cannot start `sh`: {e}")))?;
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let mut running = ProcessGroup::new(child);
+
+    let finished = async {
+        let (_, stdout, stderr, status) = tokio::join!(
+            write_all(stdin, input.unwrap_or_default()),
+            read_all(stdout),
+            read_all(stderr),
+            running.child.wait()
+        );
+        (stdout, stderr, status)
+    };
+    match tokio::time::timeout(timeout, finished).await {
+        Err(_) => Err(ShError::TimedOut),
+        Ok((stdout, stderr, status)) => {
+            running.reaped = true;
+            let status =
+                status.map_err(|e| ShError::Failed(format!("cannot wait for `sh`: {e}")))?;
+            Ok(ShDone {
+                status: status.code(),
+                stdout,
+                stderr,
+            })
         }
     }
 }
