@@ -1,4 +1,5 @@
-//! A fleet of REAL OpenSSH servers, one per host on 127.0.1.N.
+//! A fleet of REAL OpenSSH servers, one per host on 127.0.1.N (hosts past
+//! the 254th go on 127.0.2.N, 127.0.3.N, …; see [`host_address`]).
 //!
 //! Every 127.x.y.z address is loopback on Linux, so each fake host gets an
 //! address of its own without any network setup, and the product code sees
@@ -21,6 +22,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
+
+/// The most hosts a fleet can have: 254 addresses on each of 127.0.1-4.x.
+pub const MAX_HOSTS: usize = 4 * 254;
+
+/// The address of host `n` (from 1): 127.0.1.1 ..= 127.0.1.254, then
+/// 127.0.2.1 and on.
+pub fn host_address(n: usize) -> String {
+    assert!((1..=MAX_HOSTS).contains(&n), "no host number {n}");
+    format!("127.0.{}.{}", 1 + (n - 1) / 254, 1 + (n - 1) % 254)
+}
 
 /// How long an `sshd` gets to start listening.
 const START_DEADLINE: Duration = Duration::from_secs(15);
@@ -137,8 +148,8 @@ impl SshFleet {
     /// A fleet with options (see [`SshFleetBuilder::bind_per_host`]).
     pub fn builder(count: usize) -> SshFleetBuilder {
         assert!(
-            (1..=254).contains(&count),
-            "an SshFleet has 1 to 254 hosts (127.0.1.1 ..= 127.0.1.254), not {count}"
+            (1..=MAX_HOSTS).contains(&count),
+            "an SshFleet has 1 to {MAX_HOSTS} hosts (127.0.1.1 ..= 127.0.4.254), not {count}"
         );
         SshFleetBuilder { count, bind: None }
     }
@@ -184,7 +195,7 @@ impl SshFleet {
             host_keys.push(host_key);
             hosts.push(FleetHost {
                 name,
-                address: format!("127.0.1.{n}"),
+                address: host_address(n),
                 port: 0,
                 dir: host_dir,
             });
@@ -277,7 +288,7 @@ impl SshFleet {
     pub fn write_ssh_config(&self, path: &Path, known_hosts: &Path) {
         let port = self.hosts[0].port;
         let config = format!(
-            "Host 127.0.1.*\n\
+            "Host {patterns}\n\
              \x20 Port {port}\n\
              \x20 User root\n\
              \x20 IdentityFile {key}\n\
@@ -287,6 +298,10 @@ impl SshFleet {
              \x20 StrictHostKeyChecking yes\n\
              \x20 BatchMode yes\n\
              \x20 ControlMaster no\n",
+            patterns = (1..=self.hosts.len().div_ceil(254))
+                .map(|k| format!("127.0.{k}.*"))
+                .collect::<Vec<_>>()
+                .join(" "),
             key = self.client_key.display(),
             known_hosts = known_hosts.display(),
         );
@@ -360,6 +375,11 @@ impl SshFleet {
     }
 
     fn start_servers(&mut self, launcher: &Launcher, host_keys: &[PathBuf]) -> Result<(), String> {
+        // `SetEnv SHLVL=1`: bash, root's login shell, sources ~/.bashrc
+        // for every command sshd runs (it checks SSH_CLIENT and SHLVL < 2),
+        // and a machine's .bashrc may do anything (pyenv init here: ~250 ms
+        // of CPU per command). The fake hosts run the commands as a bare
+        // `bash -c` would, so the tests time changeover, not the rc file.
         for (i, host) in self.hosts.iter().enumerate() {
             let config = self.dir.path().join(format!("sshd_config_{}", i + 1));
             let sshd_config = format!(
@@ -374,6 +394,7 @@ impl SshFleet {
                  PubkeyAuthentication yes\n\
                  PermitRootLogin prohibit-password\n\
                  AllowStreamLocalForwarding yes\n\
+                 SetEnv SHLVL=1\n\
                  LogLevel ERROR\n",
                 address = host.address,
                 port = host.port,
@@ -518,7 +539,8 @@ fn free_port_on_all(hosts: &[FleetHost]) -> u16 {
         return port;
     }
     panic!(
-        "cannot find a port free on all of 127.0.1.1 ..= 127.0.1.{}",
-        hosts.len()
+        "cannot find a port free on all of {} ..= {}",
+        hosts[0].address,
+        hosts[hosts.len() - 1].address
     );
 }

@@ -528,10 +528,14 @@ impl Walk {
                     output: None,
                 });
             }
-            sleep(Duration::from_millis(100)).await;
+            sleep(CONFIRM_POLL).await;
         }
     }
 }
+
+/// How often `confirm` asks the balancers again: a status read is cheap,
+/// and the unit's wave (or window slot) waits on the answer.
+const CONFIRM_POLL: Duration = Duration::from_millis(25);
 
 /// The last lines of a failed command's output, for the report.
 fn output_tail(out: &CommandOutput) -> String {

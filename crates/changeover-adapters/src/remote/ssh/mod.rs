@@ -324,10 +324,13 @@ impl Remote for SshRemote {
         join_all(hosts.iter().map(|host| async move {
             let destination = self.destination(host);
             let master = self.master(&destination);
+            let cached = master.session.lock().await.is_some();
             let session = self.session(host, &destination, &master).await?;
             // A cached master may have died since it was opened; a check
-            // that only proves an old connection would be worthless.
-            if session.check().await.is_err() {
+            // that only proves an old connection would be worthless. A
+            // master opened just now is proven by its login (and a check
+            // would be one more ssh process per host).
+            if cached && session.check().await.is_err() {
                 self.reconnect(host, &destination, &master, &session)
                     .await?;
             }

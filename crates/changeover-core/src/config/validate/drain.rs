@@ -75,6 +75,14 @@ impl Validator<'_> {
             "proceed" => OnTimeout::Proceed,
             _ => OnTimeout::Fail,
         };
+        // Asking a balancer for a session count is cheap (one socket
+        // read): every 50 ms, so the disable follows the last session by
+        // at most that. Counting on the host runs an SSH command each time.
+        let default_interval = if matches!(mode, DrainMode::Lb) {
+            Duration::from_millis(50)
+        } else {
+            Duration::from_millis(200)
+        };
         Some(DrainSpec {
             mode,
             timeout: self.duration(
@@ -87,7 +95,7 @@ impl Validator<'_> {
             interval: self.duration(
                 path!["drain", "interval"],
                 raw.interval.as_ref(),
-                Duration::from_millis(200),
+                default_interval,
                 false,
             ),
         })
