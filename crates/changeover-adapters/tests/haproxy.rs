@@ -454,3 +454,38 @@ async fn refusals_carry_haproxy_answer() {
     assert!(matches!(err, LbError::Refused { .. }), "{err:?}");
     assert!(err.to_string().contains("Unknown command"), "{err}");
 }
+
+/// 50 units draining poll at once. HAProxy serves 10 connections on a stats
+/// socket (`stats maxconn`) and queues only a few more; past that a unix
+/// socket refuses at once (EAGAIN), which failed units in drain at 500
+/// hosts. The adapter keeps at most MAX_EXCHANGES connections open and
+/// rides out a full queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_calls_at_once_all_get_through() {
+    let mut builder = Haproxy::builder();
+    for i in 1..=50 {
+        builder = builder.server(&format!("web-{i}"), &dead_addr());
+    }
+    let haproxy = builder.start();
+    let lb = Arc::new(unix(&haproxy, Method::State));
+    let units: Vec<Unit> = (1..=50).map(|i| unit(&format!("web-{i}"))).collect();
+    let calls = units.iter().flat_map(|u| {
+        let lb = lb.clone();
+        (0..4).map(move |_| {
+            let lb = lb.clone();
+            async move { lb.status(&[u]).await.pop().unwrap() }
+        })
+    });
+    let results = futures::future::join_all(calls).await;
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed, e.g. {:?}",
+        failed.len(),
+        results.len(),
+        failed.first()
+    );
+}

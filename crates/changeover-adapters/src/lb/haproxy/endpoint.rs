@@ -85,7 +85,14 @@ impl HaproxyLb {
     /// One connection: send `line`, return everything HAProxy answers.
     pub(super) async fn exchange(&self, line: &str) -> Result<String, LbError> {
         let started = std::time::Instant::now();
-        let result = self.exchange_untraced(line).await;
+        let result = {
+            let _permit = self
+                .exchanges
+                .acquire()
+                .await
+                .expect("the exchange semaphore is never closed");
+            self.exchange_untraced(line).await
+        };
         let ms = started.elapsed().as_millis() as u64;
         let sent = line.trim_end();
         match &result {
@@ -178,11 +185,29 @@ impl HaproxyLb {
         }
     }
 
+    /// A unix socket whose listen queue is full refuses with EAGAIN at
+    /// once (another client, or an HAProxy slow to accept): tried again,
+    /// a little later each time, within the timeout.
     async fn connect_unix(&self, path: &Path) -> Result<tokio::net::UnixStream, LbError> {
-        tokio::time::timeout(self.timeout, tokio::net::UnixStream::connect(path))
+        let attempts = async {
+            let mut pause = Duration::from_millis(2);
+            loop {
+                match tokio::net::UnixStream::connect(path).await {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(50));
+                    }
+                    other => return other,
+                }
+            }
+        };
+        tokio::time::timeout(self.timeout, attempts)
             .await
             .map_err(|_| {
-                self.unreachable(format!("no connection after {}", humanize(self.timeout)))
+                self.unreachable(format!(
+                    "no connection after {} (the socket's queue stayed full)",
+                    humanize(self.timeout)
+                ))
             })?
             .map_err(|e| self.unreachable(e.to_string()))
     }

@@ -97,7 +97,15 @@ pub struct HaproxyLb {
     server: Template,
     method: Method,
     timeout: Duration,
+    /// Connections to the Runtime API at once. HAProxy serves 10 on a
+    /// stats socket by default (`stats maxconn`) and lets the rest wait in
+    /// a short listen queue; a unix socket whose queue is full refuses at
+    /// once (EAGAIN). 50 units draining at once would get there.
+    exchanges: Arc<tokio::sync::Semaphore>,
 }
+
+/// At most this many connections to one HAProxy's Runtime API at a time.
+pub const MAX_EXCHANGES: usize = 8;
 
 impl HaproxyLb {
     /// `endpoint` is a unix socket path or a TCP `host:port`; `backend` and
@@ -165,6 +173,7 @@ impl HaproxyLb {
             server,
             method,
             timeout: DEFAULT_TIMEOUT,
+            exchanges: Arc::new(tokio::sync::Semaphore::new(MAX_EXCHANGES)),
         }
     }
 
