@@ -488,4 +488,75 @@ async fn many_calls_at_once_all_get_through() {
         results.len(),
         failed.first()
     );
+    // Calls waiting at the same time share one read of the server tables.
+    assert!(
+        lb.status_reads() <= 50,
+        "{} reads of HAProxy's tables for 200 calls at once",
+        lb.status_reads()
+    );
+}
+
+/// A TCP proxy to `upstream` that passes each request at once but holds
+/// HAProxy's answer back for `hold`: a status read that HAProxy answered
+/// before a change but that arrives after it.
+async fn slow_answers(upstream: SocketAddr, hold: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                });
+                let mut answer = Vec::new();
+                let _ = server_read.read_to_end(&mut answer).await;
+                tokio::time::sleep(hold).await;
+                let _ = client_write.write_all(&answer).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A unit that asks for its status after its take-out must not get the
+/// answer of a read that HAProxy made before the take-out, even when that
+/// read is still on its way back: shared reads are only those that started
+/// after the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_read_never_predates_the_call() {
+    let haproxy = Haproxy::builder()
+        .server("web-1", &dead_addr())
+        .tcp_admin_socket()
+        .start();
+    let proxy = slow_answers(
+        haproxy.tcp_admin_addr().unwrap(),
+        Duration::from_millis(600),
+    )
+    .await;
+    let slow = Arc::new(adapter(proxy.to_string(), Method::State));
+    let direct = unix(&haproxy, Method::State);
+    let web1 = unit("web-1");
+
+    // A read is on its way: HAProxy answered "ready" at once, the answer
+    // comes 600 ms later.
+    let early = {
+        let (slow, web1) = (slow.clone(), web1.clone());
+        tokio::spawn(async move { slow.status(&[&web1]).await.pop().unwrap().unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    direct.apply(&[&web1], LbAction::Drain, None).await.unwrap();
+    // Asked after the drain: needs a read of its own.
+    let after = slow.status(&[&web1]).await.pop().unwrap().unwrap();
+    assert_eq!(early.await.unwrap().admin, AdminState::Ready);
+    assert_eq!(
+        after.admin,
+        AdminState::Drain,
+        "a status asked after the drain showed a read made before it"
+    );
+    assert_eq!(slow.status_reads(), 2);
 }

@@ -350,35 +350,6 @@ impl Fleet {
     /// with community.general.haproxy, the switch over SSH, wait for
     /// /health, enable and wait for UP.
     fn ansible(&self, playbook: &Path, version: &str, bound: usize) -> Figures {
-        use std::fmt::Write as _;
-        let dir = self.dir.path().join("ansible");
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut inventory = String::from("[fleet]\n");
-        for h in self.ssh.hosts() {
-            let _ = writeln!(inventory, "{} ansible_host={}", h.name, h.address);
-        }
-        let _ = write!(
-            inventory,
-            "\n[fleet:vars]\nansible_user=root\nansible_python_interpreter=/usr/bin/python3\n\
-             ansible_ssh_common_args='-F {ssh}'\n",
-            ssh = self.ssh_config.display()
-        );
-        std::fs::write(dir.join("inventory"), inventory).unwrap();
-        // The fastest settings Ansible offers, so the comparison is fair:
-        // pipelining, persistent control connections, forks ≥ the bound,
-        // no fact gathering (the play says so too).
-        std::fs::write(
-            dir.join("ansible.cfg"),
-            format!(
-                "[defaults]\nforks = {forks}\nhost_key_checking = False\ngathering = explicit\n\
-                 interpreter_python = /usr/bin/python3\nstdout_callback = default\n\
-                 [ssh_connection]\npipelining = True\nssh_args = -o ControlMaster=auto -o ControlPersist=60s\n\
-                 control_path_dir = {cp}\n",
-                forks = bound.max(5),
-                cp = dir.join("cp").display(),
-            ),
-        )
-        .unwrap();
         let switch = format!(
             "CHANGEOVER_BIN={BIN} {} {} {}/{{{{ inventory_hostname }}}} {{{{ ansible_host }}}}:{} {{{{ version }}}}",
             self.boot_env(),
@@ -386,24 +357,17 @@ impl Fleet {
             self.dir.path().join("apps").display(),
             self.port
         );
-        let mut cmd = Command::new("ansible-playbook");
-        cmd.current_dir(&dir)
-            .env("ANSIBLE_CONFIG", dir.join("ansible.cfg"))
-            .arg("-i")
-            .arg(dir.join("inventory"))
-            .arg(playbook)
-            .arg("-e")
-            .arg(format!(
+        measure::ansible(
+            &self.dir.path().join("ansible"),
+            self.ssh.hosts(),
+            &self.ssh_config,
+            bound.max(5),
+            playbook,
+            &format!(
                 "serial_bound={bound} version={version} haproxy_socket={} app_port={} switch_command='{switch}'",
                 self.haproxy.socket_path().display(),
                 self.port
-            ));
-        Run::external(
-            cmd,
-            vec![
-                self.ssh_config.display().to_string(),
-                dir.join("cp").display().to_string(),
-            ],
+            ),
         )
     }
 

@@ -167,54 +167,22 @@ fn ansible(
     boot_env: &str,
     version: &str,
 ) -> Figures {
-    use std::fmt::Write as _;
-    let dir = tier.dir().join("ansible");
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut inventory = String::from("[fleet]\n");
-    for h in tier.hosts() {
-        let _ = writeln!(inventory, "{} ansible_host={}", h.name, h.address);
-    }
-    let _ = write!(
-        inventory,
-        "\n[fleet:vars]\nansible_user=root\nansible_python_interpreter=/usr/bin/python3\n\
-         ansible_ssh_common_args='-F {}'\n",
-        tier.ssh().ssh_config_path().display()
-    );
-    std::fs::write(dir.join("inventory"), inventory).unwrap();
-    std::fs::write(
-        dir.join("ansible.cfg"),
-        format!(
-            "[defaults]\nforks = {HOSTS}\nhost_key_checking = False\ngathering = explicit\n\
-             interpreter_python = /usr/bin/python3\n\
-             [ssh_connection]\npipelining = True\nssh_args = -o ControlMaster=auto -o ControlPersist=60s\n\
-             control_path_dir = {}\n",
-            dir.join("cp").display()
-        ),
-    )
-    .unwrap();
     let playbook =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/ansible/front.yml");
-    let mut cmd = Command::new("ansible-playbook");
-    cmd.current_dir(&dir)
-        .env("ANSIBLE_CONFIG", dir.join("ansible.cfg"))
-        .arg("-i")
-        .arg(dir.join("inventory"))
-        .arg(playbook)
-        .arg("-e")
-        .arg(format!(
+    measure::ansible(
+        &tier.dir().join("ansible"),
+        tier.hosts(),
+        tier.ssh().ssh_config_path(),
+        HOSTS,
+        &playbook,
+        &format!(
             "version={version} haproxy_socket={} backend={BACKEND} first_port={} \
              switch_prefix='CHANGEOVER_BIN={BIN} {boot_env} {} {}'",
             tier.shared_socket().display(),
             tier.first_port(),
             ctl.display(),
             apps.display()
-        ));
-    Run::external(
-        cmd,
-        vec![
-            tier.ssh().ssh_config_path().display().to_string(),
-            dir.join("cp").display().to_string(),
-        ],
+        ),
     )
 }
 

@@ -128,6 +128,60 @@ pub fn ansible_playbook() -> Option<PathBuf> {
     found.then(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/ansible/rolling.yml"))
 }
 
+/// `playbook` by `ansible-playbook` over `hosts` (the inventory group
+/// `fleet`), with `extra_vars`, in `dir`, with the fastest settings Ansible
+/// offers so the comparison is fair: pipelining, persistent control
+/// connections, `forks`, no fact gathering (the plays say so too).
+pub fn ansible(
+    dir: &Path,
+    hosts: &[changeover_testkit::sshd::FleetHost],
+    ssh_config: &Path,
+    forks: usize,
+    playbook: &Path,
+    extra_vars: &str,
+) -> Figures {
+    use std::fmt::Write as _;
+    std::fs::create_dir_all(dir).unwrap();
+    let mut inventory = String::from("[fleet]\n");
+    for h in hosts {
+        let _ = writeln!(inventory, "{} ansible_host={}", h.name, h.address);
+    }
+    let _ = write!(
+        inventory,
+        "\n[fleet:vars]\nansible_user=root\nansible_python_interpreter=/usr/bin/python3\n\
+         ansible_ssh_common_args='-F {}'\n",
+        ssh_config.display()
+    );
+    std::fs::write(dir.join("inventory"), inventory).unwrap();
+    let control = dir.join("cp");
+    std::fs::write(
+        dir.join("ansible.cfg"),
+        format!(
+            "[defaults]\nforks = {forks}\nhost_key_checking = False\ngathering = explicit\n\
+             interpreter_python = /usr/bin/python3\n\
+             [ssh_connection]\npipelining = True\nssh_args = -o ControlMaster=auto -o ControlPersist=60s\n\
+             control_path_dir = {}\n",
+            control.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("ansible-playbook");
+    cmd.current_dir(dir)
+        .env("ANSIBLE_CONFIG", dir.join("ansible.cfg"))
+        .arg("-i")
+        .arg(dir.join("inventory"))
+        .arg(playbook)
+        .arg("-e")
+        .arg(extra_vars);
+    Run::external(
+        cmd,
+        vec![
+            ssh_config.display().to_string(),
+            control.display().to_string(),
+        ],
+    )
+}
+
 /// A run being measured.
 pub struct Run;
 

@@ -24,6 +24,7 @@
 //! been added in nearly every HAProxy release.
 
 mod endpoint;
+mod shared;
 mod stat;
 
 use async_trait::async_trait;
@@ -102,6 +103,8 @@ pub struct HaproxyLb {
     /// a short listen queue; a unix socket whose queue is full refuses at
     /// once (EAGAIN). 50 units draining at once would get there.
     exchanges: Arc<tokio::sync::Semaphore>,
+    /// Status reads shared by the units asking at about the same time.
+    reads: Arc<shared::SharedReads>,
 }
 
 /// At most this many connections to one HAProxy's Runtime API at a time.
@@ -174,6 +177,7 @@ impl HaproxyLb {
             method,
             timeout: DEFAULT_TIMEOUT,
             exchanges: Arc::new(tokio::sync::Semaphore::new(MAX_EXCHANGES)),
+            reads: Arc::default(),
         }
     }
 
@@ -237,7 +241,8 @@ impl HaproxyLb {
         if remembered.iter().all(Option::is_some) {
             return Ok(remembered.into_iter().flatten().collect());
         }
-        let servers = self.snapshot().await?;
+        let snapshot = self.snapshot().await;
+        let servers = snapshot.as_ref().as_ref().map_err(duplicate)?;
         members
             .iter()
             .zip(remembered)
@@ -356,7 +361,7 @@ impl LoadBalancer for HaproxyLb {
             .iter()
             .map(|unit| {
                 let member = self.member(unit)?;
-                let servers = snapshot.as_ref().map_err(duplicate)?;
+                let servers = snapshot.as_ref().as_ref().map_err(duplicate)?;
                 let view = servers.get(&member).ok_or_else(|| LbError::NoSuchMember {
                     endpoint: self.endpoint_text.clone(),
                     member: member.id(),

@@ -4,8 +4,9 @@ use changeover_core::lb::{AdminState, LbError, OperState};
 use std::collections::HashMap;
 
 impl HaproxyLb {
-    /// Both status views, in one exchange.
-    pub(super) async fn snapshot(&self) -> Result<HashMap<Member, ServerView>, LbError> {
+    /// Both status views, in one exchange (shared between callers by
+    /// [`HaproxyLb::snapshot`]).
+    pub(super) async fn read_snapshot(&self) -> Result<HashMap<Member, ServerView>, LbError> {
         const REQUEST: &str = "show servers state; show stat -1 4 -1";
         let answer = self.exchange(REQUEST).await?;
         let blocks = split_answers(&answer);
