@@ -337,12 +337,22 @@ impl Fleet {
                 ..LoadOptions::new(self.haproxy.frontend_addr())
             })
         });
-        let sampler = measure::OutSampler::start(self.haproxy.socket_path().to_path_buf());
+        let sampler = measure::OutSampler::start(
+            self.haproxy.socket_path().to_path_buf(),
+            self.ssh.hosts().len(),
+        );
         let mut figures = body();
-        (figures.max_out, figures.drain_lags) = sampler.finish();
+        (figures.max_out, figures.drain_lags, figures.sampled_every) = sampler.finish();
         let report = rt.block_on(load.stop());
         figures.requests = report.requests;
         figures.failures = report.failures;
+        if report.failures > 0 {
+            println!(
+                "  failed requests by kind: {:?}; first: {:?}",
+                report.failure_kinds,
+                report.failure_samples.first()
+            );
+        }
         figures
     }
 

@@ -28,8 +28,9 @@ pub struct Figures {
     pub rss_tool_kb: u64,
     pub rss_ssh_kb: u64,
     pub max_out: usize,
-    /// Drain-to-disable lags seen by the sampler (± its 20 ms period).
+    /// Drain-to-disable lags seen by the sampler (± its period).
     pub drain_lags: Vec<Duration>,
+    pub sampled_every: Duration,
     pub requests: u64,
     pub failures: u64,
 }
@@ -87,7 +88,7 @@ impl Figures {
                 l[l.len() / 2].as_millis(),
                 l[l.len() - 1].as_millis(),
                 l.len(),
-                SAMPLE_EVERY.as_millis()
+                self.sampled_every.as_millis()
             );
         }
         println!(
@@ -521,14 +522,20 @@ fn sample(root: u32, needles: &[String]) -> (u64, u64) {
 /// went to MAINT (the drain-to-disable lag), sampled every 20 ms.
 pub struct OutSampler {
     stop: Arc<AtomicBool>,
-    handle: Option<std::thread::JoinHandle<(usize, Vec<Duration>)>>,
+    handle: Option<std::thread::JoinHandle<(usize, Vec<Duration>, Duration)>>,
 }
 
-/// How often the [`OutSampler`] reads HAProxy's stats.
-pub const SAMPLE_EVERY: Duration = Duration::from_millis(20);
+/// How often the [`OutSampler`] reads HAProxy's stats: every 20 ms, but
+/// no more than 5 servers' rows per ms (each read is a dump of the whole
+/// table through the same Runtime API changeover uses; at 500 servers every
+/// 20 ms the sampler alone would be most of HAProxy's CLI work).
+fn sample_every(servers: usize) -> Duration {
+    Duration::from_millis(20.max(servers as u64 / 5))
+}
 
 impl OutSampler {
-    pub fn start(socket: PathBuf) -> OutSampler {
+    pub fn start(socket: PathBuf, servers: usize) -> OutSampler {
+        let every = sample_every(servers);
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
@@ -557,9 +564,9 @@ impl OutSampler {
                         }
                     }
                 }
-                std::thread::sleep(SAMPLE_EVERY);
+                std::thread::sleep(every);
             }
-            (max, lags)
+            (max, lags, every)
         });
         OutSampler {
             stop,
@@ -567,8 +574,8 @@ impl OutSampler {
         }
     }
 
-    /// (most out at once, drain-to-disable lags seen)
-    pub fn finish(mut self) -> (usize, Vec<Duration>) {
+    /// (most out at once, drain-to-disable lags seen, the sampling period)
+    pub fn finish(mut self) -> (usize, Vec<Duration>, Duration) {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.take().unwrap().join().unwrap()
     }
