@@ -14,6 +14,7 @@ use crate::unit::Unit;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::time::Duration;
 
 /// A change the engine asks of a balancer for a set of units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,7 +96,7 @@ pub struct LbCapabilities {
     pub distinct_disable: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LbError {
     /// The balancer could not be reached at all.
     #[error("cannot reach {endpoint}: {message}")]
@@ -117,8 +118,58 @@ pub enum LbError {
         request: String,
         detail: String,
     },
+    /// The balancer will not take a change now because it is still
+    /// applying another (Rackspace 422 "immutable" while PENDING_UPDATE,
+    /// Octavia 409): asked again later, within the change's deadline.
+    #[error("{endpoint} is busy applying another change: {detail}")]
+    Busy {
+        endpoint: String,
+        detail: String,
+        /// When the balancer said to come back, if it did.
+        retry_after: Option<Duration>,
+    },
+    /// Too many requests (AWS Throttling, Rackspace 413 overLimit): asked
+    /// again later, within the change's deadline.
+    #[error("{endpoint} is throttling requests: {detail}")]
+    Throttled {
+        endpoint: String,
+        detail: String,
+        retry_after: Option<Duration>,
+    },
     #[error("{0}")]
     Other(String),
+}
+
+impl LbError {
+    /// Busy or throttled: the same request may succeed later. (An
+    /// unreachable balancer is retried too, but only a few times: it may
+    /// be gone for good.)
+    pub fn is_transient(&self) -> bool {
+        matches!(self, LbError::Busy { .. } | LbError::Throttled { .. })
+    }
+
+    /// How long the balancer asked us to wait, if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            LbError::Busy { retry_after, .. } | LbError::Throttled { retry_after, .. } => {
+                *retry_after
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The balancer as a whole, where it has such a state (Rackspace's and
+/// Octavia's load balancer status; HAProxy and AWS target groups are always
+/// `Ready`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BalancerState {
+    /// Taking changes (ACTIVE).
+    Ready,
+    /// Applying a change; takes none until it is done (PENDING_UPDATE).
+    Busy(String),
+    /// Not usable: ERROR, SUSPENDED, PENDING_DELETE, … (the raw word).
+    Broken(String),
 }
 
 /// A load balancer in front of (part of) the fleet.
@@ -134,6 +185,12 @@ pub trait LoadBalancer: Send + Sync {
 
     /// The member name a unit maps to (for plan output and messages).
     fn member_name(&self, unit: &Unit) -> String;
+
+    /// The balancer's own state. Preflight refuses to start unless every
+    /// balancer is `Ready`.
+    async fn balancer_state(&self) -> Result<BalancerState, LbError> {
+        Ok(BalancerState::Ready)
+    }
 
     /// Current status of the members behind `units`, in the same order.
     /// A unit whose member does not exist gives `Err(NoSuchMember)` for the

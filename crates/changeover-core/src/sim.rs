@@ -5,7 +5,8 @@
 
 use crate::health::HealthProbe;
 use crate::lb::{
-    AdminState, LbAction, LbCapabilities, LbError, LoadBalancer, MemberStatus, OperState,
+    AdminState, BalancerState, LbAction, LbCapabilities, LbError, LoadBalancer, MemberStatus,
+    OperState,
 };
 use crate::remote::{CommandOutput, Remote, RemoteError};
 use crate::unit::{Host, Unit};
@@ -29,6 +30,12 @@ struct SimState {
     out: usize,
     max_out: usize,
     changes: u64,
+    /// The balancer's own state (None: Ready).
+    balancer: Option<BalancerState>,
+    /// The next this many changes are refused as busy (another change in
+    /// progress), as Rackspace's 422 and Octavia's 409 do.
+    busy_left: u32,
+    busy_refusals: u64,
 }
 
 impl SimBalancer {
@@ -45,6 +52,18 @@ impl SimBalancer {
     }
     pub fn changes(&self) -> u64 {
         self.state.lock().unwrap().changes
+    }
+    /// Report `state` as the balancer's own state from now on.
+    pub fn set_state(&self, state: BalancerState) {
+        self.state.lock().unwrap().balancer = Some(state);
+    }
+    /// Refuse the next `n` changes as busy.
+    pub fn busy_next(&self, n: u32) {
+        self.state.lock().unwrap().busy_left = n;
+    }
+    /// Changes refused as busy so far.
+    pub fn busy_refusals(&self) -> u64 {
+        self.state.lock().unwrap().busy_refusals
     }
     pub fn admin(&self, unit: &str) -> AdminState {
         *self
@@ -70,6 +89,15 @@ impl LoadBalancer for SimBalancer {
     }
     fn member_name(&self, unit: &Unit) -> String {
         unit.name()
+    }
+    async fn balancer_state(&self) -> Result<BalancerState, LbError> {
+        Ok(self
+            .state
+            .lock()
+            .unwrap()
+            .balancer
+            .clone()
+            .unwrap_or(BalancerState::Ready))
     }
     async fn status(&self, units: &[&Unit]) -> Vec<Result<MemberStatus, LbError>> {
         if !self.latency.is_zero() {
@@ -101,6 +129,15 @@ impl LoadBalancer for SimBalancer {
             tokio::time::sleep(self.latency).await;
         }
         let mut st = self.state.lock().unwrap();
+        if st.busy_left > 0 {
+            st.busy_left -= 1;
+            st.busy_refusals += 1;
+            return Err(LbError::Busy {
+                endpoint: "sim".into(),
+                detail: "PENDING_UPDATE: considered immutable".into(),
+                retry_after: None,
+            });
+        }
         for u in units {
             let new = match action {
                 LbAction::Drain => AdminState::Drain,

@@ -7,7 +7,7 @@ use changeover_core::config;
 use changeover_core::engine::{self, Report};
 use changeover_core::event::Outcome;
 use changeover_core::journal::Record;
-use changeover_core::lb::{AdminState, LbAction};
+use changeover_core::lb::{AdminState, BalancerState, LbAction};
 use changeover_core::sim::{SimProbe, SimRemote};
 use common::{deploy, fixture};
 use std::sync::Arc;
@@ -262,4 +262,70 @@ async fn an_external_halt_stops_new_units_like_a_failure() {
     assert_eq!(state(&r, "web-2"), "updated", "the unit in flight finished");
     assert_eq!(state(&r, "web-3"), "untouched");
     assert_eq!(f.lb.admin("web-2"), AdminState::Ready);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_balancer_not_ready_is_no_go_and_nothing_changes() {
+    for (state, word) in [
+        (
+            BalancerState::Busy("PENDING_UPDATE".into()),
+            "PENDING_UPDATE",
+        ),
+        (BalancerState::Broken("ERROR".into()), "ERROR"),
+    ] {
+        let f = fixture(
+            plan(3, "batch = 1"),
+            SimRemote::default(),
+            SimProbe::default(),
+            &[],
+        );
+        f.lb.set_state(state);
+        let pf = engine::preflight(&f.dep).await;
+        assert!(!pf.go());
+        assert!(
+            pf.problems
+                .iter()
+                .any(|p| p.contains(word) && p.contains("expected ACTIVE")),
+            "{:?}",
+            pf.problems
+        );
+        assert_eq!(f.lb.changes(), 0, "nothing changed");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn busy_refusals_are_ridden_out_with_backoff() {
+    let f = fixture(
+        plan(3, "batch = 1"),
+        SimRemote::default(),
+        SimProbe::default(),
+        &[],
+    );
+    // A storm of "immutable" answers, well within the busy deadline.
+    f.lb.busy_next(12);
+    let r = deploy(&f).await;
+    assert_eq!(r.outcome, Outcome::Success, "{:?}", r.units);
+    assert!(r.units.iter().all(|u| u.state == "updated"));
+    assert_eq!(f.lb.busy_refusals(), 12);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_balancer_busy_past_the_deadline_fails_the_unit_and_halts() {
+    let f = fixture(
+        plan(3, "batch = 1"),
+        SimRemote::default(),
+        SimProbe::default(),
+        &[],
+    );
+    f.lb.busy_next(u32::MAX);
+    let started = tokio::time::Instant::now();
+    let r = deploy(&f).await;
+    assert_eq!(r.outcome, Outcome::Failed);
+    assert_eq!(state(&r, "web-1"), "failed");
+    assert_eq!(state(&r, "web-2"), "untouched");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(120) && took < Duration::from_secs(130),
+        "gave up after {took:?}, not at the 120 s busy deadline"
+    );
 }

@@ -24,6 +24,13 @@ fn error_ok(e: &LbError, unit: &str, needle: Option<&str>) -> Result<(), TestCas
             );
         }
         LbError::Unreachable { .. } | LbError::Other(_) => {}
+        LbError::Busy { .. } | LbError::Throttled { .. } => {
+            prop_assert!(
+                false,
+                "HAProxy has no busy or throttled answer: {}",
+                message
+            );
+        }
     }
     if let Some(needle) = needle {
         prop_assert!(

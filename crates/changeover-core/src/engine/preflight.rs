@@ -3,7 +3,7 @@
 //! may fail these; they are skipped (unreachable) or deployed as already out.
 
 use super::Deployment;
-use crate::lb::{LbError, MemberStatus};
+use crate::lb::{BalancerState, LbError, MemberStatus};
 use crate::unit::Host;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -76,6 +76,20 @@ pub async fn preflight(dep: &Deployment) -> Preflight {
 
     let units: Vec<_> = dep.units.iter().map(|u| u.as_ref()).collect();
     for (li, lb) in dep.balancers.iter().enumerate() {
+        // A balancer still applying a change (or broken) takes none of
+        // ours: no-go, nothing touched.
+        match lb.balancer_state().await {
+            Ok(BalancerState::Ready) => {}
+            Ok(BalancerState::Busy(raw)) => pf.problems.push(format!(
+                "balancer {} is {raw}, still applying another change (expected ACTIVE): try again once it settles",
+                lb.label()
+            )),
+            Ok(BalancerState::Broken(raw)) => pf.problems.push(format!(
+                "balancer {} is {raw} (expected ACTIVE): it takes no changes",
+                lb.label()
+            )),
+            Err(e) => pf.problems.push(format!("balancer {}: {e}", lb.label())),
+        }
         let statuses = lb.status(&units).await;
         if !statuses.is_empty()
             && statuses

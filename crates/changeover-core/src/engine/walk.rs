@@ -23,6 +23,21 @@ const COUNT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A balancer change that finds the balancer unreachable is retried this
 /// many times, waiting 250 ms, 500 ms, 1 s, 2 s (≈ 4 s in all).
 const UNREACHABLE_RETRIES: u32 = 4;
+/// How long a change is tried again while the balancer answers busy
+/// (another change in progress) or throttled.
+const BUSY_DEADLINE: Duration = Duration::from_secs(120);
+const BUSY_RETRY_FIRST: Duration = Duration::from_millis(200);
+const BUSY_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// `base` scaled into [base/2, base) by a hash of the unit and the attempt,
+/// so that units refused together do not all come back together.
+fn jittered(base: Duration, unit: &str, attempt: u32) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (unit, attempt).hash(&mut h);
+    let frac = (h.finish() % 1000) as f64 / 1000.0;
+    base.mul_f64(0.5 + frac / 2.0)
+}
 const UNREACHABLE_RETRY_FIRST: Duration = Duration::from_millis(250);
 
 /// What a unit task tells the dispatcher while it runs.
@@ -192,9 +207,13 @@ impl Walk {
         };
         // A balancer that cannot be reached for a moment (a socket being
         // recreated by a reload, a forward being renewed) is asked again,
-        // bounded; any other refusal fails the unit at once.
+        // bounded; one that is busy with another change or throttling is
+        // asked again with backoff and jitter until BUSY_DEADLINE; any
+        // other refusal fails the unit at once.
         let mut wait = UNREACHABLE_RETRY_FIRST;
         let mut tries = 0;
+        let busy_until = Instant::now() + BUSY_DEADLINE;
+        let mut backoff = BUSY_RETRY_FIRST;
         loop {
             match lb.apply(&[&self.unit], action, restore).await {
                 Ok(()) => break,
@@ -202,6 +221,16 @@ impl Walk {
                     tries += 1;
                     sleep(wait).await;
                     wait *= 2;
+                }
+                Err(e) if e.is_transient() && Instant::now() < busy_until => {
+                    let pause = e
+                        .retry_after()
+                        .unwrap_or_else(|| jittered(backoff, &self.unit.name(), tries))
+                        .min(busy_until.saturating_duration_since(Instant::now()))
+                        .max(Duration::from_millis(1));
+                    tries += 1;
+                    backoff = (backoff * 2).min(BUSY_RETRY_MAX);
+                    sleep(pause).await;
                 }
                 Err(e) => {
                     return Err(Failure {
@@ -253,6 +282,7 @@ impl Walk {
                 }
                 DrainMode::Lb => {
                     let mut total = 0u64;
+                    let mut transient = None;
                     let unit: &Unit = &self.unit;
                     for lb in self
                         .dep
@@ -262,6 +292,11 @@ impl Walk {
                     {
                         match lb.status(&[unit]).await.into_iter().next() {
                             Some(Ok(s)) => total += s.sessions.unwrap_or(0),
+                            // Throttled or busy: count again at the next
+                            // interval, within the drain's deadline.
+                            Some(Err(e)) if e.is_transient() => {
+                                transient = Some(format!("{}: {e}", lb.label()));
+                            }
                             Some(Err(e)) => {
                                 return Err(Failure {
                                     phase: Phase::Drain,
@@ -272,8 +307,17 @@ impl Walk {
                             None => {}
                         }
                     }
-                    last_sessions = Some(total);
-                    total == 0
+                    match transient {
+                        Some(e) => {
+                            last_error = Some(e);
+                            false
+                        }
+                        None => {
+                            last_error = None;
+                            last_sessions = Some(total);
+                            total == 0
+                        }
+                    }
                 }
                 DrainMode::Host { local_address } => {
                     match self.count_on_host(local_address.as_ref(), deadline).await? {

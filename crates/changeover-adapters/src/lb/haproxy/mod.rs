@@ -242,7 +242,7 @@ impl HaproxyLb {
             return Ok(remembered.into_iter().flatten().collect());
         }
         let snapshot = self.snapshot().await;
-        let servers = snapshot.as_ref().as_ref().map_err(duplicate)?;
+        let servers = snapshot.as_ref().as_ref().map_err(LbError::clone)?;
         members
             .iter()
             .zip(remembered)
@@ -280,39 +280,6 @@ fn name_problem(name: &str) -> Option<String> {
     Some(format!(
         "contains {bad:?}; HAProxy names may only hold letters, digits and -_.:"
     ))
-}
-
-/// LbError is not Clone; status reports one failed snapshot to every unit.
-fn duplicate(e: &LbError) -> LbError {
-    match e {
-        LbError::Unreachable { endpoint, message } => LbError::Unreachable {
-            endpoint: endpoint.clone(),
-            message: message.clone(),
-        },
-        LbError::Refused {
-            endpoint,
-            request,
-            answer,
-        } => LbError::Refused {
-            endpoint: endpoint.clone(),
-            request: request.clone(),
-            answer: answer.clone(),
-        },
-        LbError::NoSuchMember { endpoint, member } => LbError::NoSuchMember {
-            endpoint: endpoint.clone(),
-            member: member.clone(),
-        },
-        LbError::Protocol {
-            endpoint,
-            request,
-            detail,
-        } => LbError::Protocol {
-            endpoint: endpoint.clone(),
-            request: request.clone(),
-            detail: detail.clone(),
-        },
-        LbError::Other(m) => LbError::Other(m.clone()),
-    }
 }
 
 /// The last line of an answer, for messages.
@@ -361,7 +328,7 @@ impl LoadBalancer for HaproxyLb {
             .iter()
             .map(|unit| {
                 let member = self.member(unit)?;
-                let servers = snapshot.as_ref().as_ref().map_err(duplicate)?;
+                let servers = snapshot.as_ref().as_ref().map_err(LbError::clone)?;
                 let view = servers.get(&member).ok_or_else(|| LbError::NoSuchMember {
                     endpoint: self.endpoint_text.clone(),
                     member: member.id(),
