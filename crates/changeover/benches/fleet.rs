@@ -33,7 +33,7 @@ use changeover_testkit::load::{LoadGen, LoadOptions};
 use changeover_testkit::sshd::SshFleet;
 use measure::{Figures, Run};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -192,11 +192,11 @@ fn backend(rt: &tokio::runtime::Runtime, opts: &Options) {
                 })
             }
             "ansible" => {
-                let Some(playbook) = measure::ansible_playbook() else {
+                if !measure::ansible_installed() {
                     println!("  ansible: `ansible-playbook` not installed (pip install ansible): skipped");
                     continue;
-                };
-                fleet.measured(rt, || fleet.ansible(&playbook, &version, bound))
+                }
+                fleet.measured(rt, || fleet.ansible(&version, bound))
             }
             other => panic!("unknown run {other}: batch, window or ansible"),
         };
@@ -359,7 +359,7 @@ impl Fleet {
     /// The same rollout by Ansible: `serial: bound`, drain and disable
     /// with community.general.haproxy, the switch over SSH, wait for
     /// /health, enable and wait for UP.
-    fn ansible(&self, playbook: &Path, version: &str, bound: usize) -> Figures {
+    fn ansible(&self, version: &str, bound: usize) -> Figures {
         let switch = format!(
             "CHANGEOVER_BIN={BIN} {} {} {}/{{{{ inventory_hostname }}}} {{{{ ansible_host }}}}:{} {{{{ version }}}}",
             self.boot_env(),
@@ -372,7 +372,7 @@ impl Fleet {
             self.ssh.hosts(),
             &self.ssh_config,
             bound.max(5),
-            playbook,
+            &measure::playbook("rolling.yml"),
             &format!(
                 "serial_bound={bound} version={version} haproxy_socket={} app_port={} switch_command='{switch}'",
                 self.haproxy.socket_path().display(),

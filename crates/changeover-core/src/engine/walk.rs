@@ -23,6 +23,7 @@ const COUNT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A balancer change that finds the balancer unreachable is retried this
 /// many times, waiting 250 ms, 500 ms, 1 s, 2 s (≈ 4 s in all).
 const UNREACHABLE_RETRIES: u32 = 4;
+const UNREACHABLE_RETRY_FIRST: Duration = Duration::from_millis(250);
 /// How long a change is tried again while the balancer answers busy
 /// (another change in progress) or throttled.
 const BUSY_DEADLINE: Duration = Duration::from_secs(120);
@@ -38,7 +39,6 @@ fn jittered(base: Duration, unit: &str, attempt: u32) -> Duration {
     let frac = (h.finish() % 1000) as f64 / 1000.0;
     base.mul_f64(0.5 + frac / 2.0)
 }
-const UNREACHABLE_RETRY_FIRST: Duration = Duration::from_millis(250);
 
 /// What a unit task tells the dispatcher while it runs.
 pub(crate) enum Msg {
@@ -214,6 +214,7 @@ impl Walk {
         let mut tries = 0;
         let busy_until = Instant::now() + BUSY_DEADLINE;
         let mut backoff = BUSY_RETRY_FIRST;
+        let mut busy_tries = 0;
         loop {
             match lb.apply(&[&self.unit], action, restore).await {
                 Ok(()) => break,
@@ -225,10 +226,10 @@ impl Walk {
                 Err(e) if e.is_transient() && Instant::now() < busy_until => {
                     let pause = e
                         .retry_after()
-                        .unwrap_or_else(|| jittered(backoff, &self.unit.name(), tries))
+                        .unwrap_or_else(|| jittered(backoff, &self.unit.name(), busy_tries))
                         .min(busy_until.saturating_duration_since(Instant::now()))
                         .max(Duration::from_millis(1));
-                    tries += 1;
+                    busy_tries += 1;
                     backoff = (backoff * 2).min(BUSY_RETRY_MAX);
                     sleep(pause).await;
                 }

@@ -83,10 +83,10 @@ pub fn run(rt: &tokio::runtime::Runtime, opts: &Options) {
                 )
             }
             "ansible" => {
-                let Some(_) = measure::ansible_playbook() else {
+                if !measure::ansible_installed() {
                     println!("  ansible: `ansible-playbook` not installed (pip install ansible): skipped");
                     continue;
-                };
+                }
                 ansible(&tier, &ctl, &apps, &boot_env, &version)
             }
             other => panic!("unknown run {other} for the front shape: batch or ansible"),
@@ -167,14 +167,12 @@ fn ansible(
     boot_env: &str,
     version: &str,
 ) -> Figures {
-    let playbook =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/ansible/front.yml");
     measure::ansible(
         &tier.dir().join("ansible"),
         tier.hosts(),
         tier.ssh().ssh_config_path(),
         HOSTS,
-        &playbook,
+        &measure::playbook("front.yml"),
         &format!(
             "version={version} haproxy_socket={} backend={BACKEND} first_port={} \
              switch_prefix='CHANGEOVER_BIN={BIN} {boot_env} {} {}'",

@@ -119,14 +119,21 @@ pub fn compare(results: &[(String, Figures)]) {
     }
 }
 
-pub fn ansible_playbook() -> Option<PathBuf> {
-    let found = Command::new("ansible-playbook")
+/// Whether `ansible-playbook` runs here.
+pub fn ansible_installed() -> bool {
+    Command::new("ansible-playbook")
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success());
-    found.then(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/ansible/rolling.yml"))
+        .is_ok_and(|s| s.success())
+}
+
+/// One of the plays in `benches/ansible/`.
+pub fn playbook(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("benches/ansible")
+        .join(name)
 }
 
 /// `playbook` by `ansible-playbook` over `hosts` (the inventory group

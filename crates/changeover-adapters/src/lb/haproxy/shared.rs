@@ -22,10 +22,9 @@ pub(super) type Snapshot = Arc<Result<HashMap<Member, ServerView>, LbError>>;
 
 #[derive(Default)]
 pub(super) struct SharedReads {
-    /// Reads started so far; a read's number is this count once it started.
+    /// Reads started (= sent to HAProxy) so far; a read's number is this
+    /// count once it started.
     started: AtomicU64,
-    /// Reads actually sent to HAProxy (for tests and `-vv`).
-    sent: AtomicU64,
     /// The last read (its number and answer); held while a read runs, so
     /// there is only ever one.
     last: tokio::sync::Mutex<Option<(u64, Snapshot)>>,
@@ -35,14 +34,7 @@ impl std::fmt::Debug for SharedReads {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedReads")
             .field("started", &self.started)
-            .field("sent", &self.sent)
             .finish_non_exhaustive()
-    }
-}
-
-impl SharedReads {
-    pub(super) fn sent(&self) -> u64 {
-        self.sent.load(Ordering::Relaxed)
     }
 }
 
@@ -58,7 +50,6 @@ impl HaproxyLb {
             }
         }
         let number = reads.started.fetch_add(1, Ordering::SeqCst) + 1;
-        reads.sent.fetch_add(1, Ordering::Relaxed);
         let snapshot: Snapshot = Arc::new(self.read_snapshot().await);
         *last = Some((number, snapshot.clone()));
         snapshot
@@ -66,6 +57,6 @@ impl HaproxyLb {
 
     /// How many status reads were sent to HAProxy.
     pub fn status_reads(&self) -> u64 {
-        self.reads.sent()
+        self.reads.started.load(Ordering::SeqCst)
     }
 }
