@@ -24,8 +24,8 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
-haproxy -v | head -1
-/usr/sbin/sshd -V 2>&1 | head -1 || true
+haproxy -v | sed -n 1p   # sed reads to the end: `head` could close the pipe early (SIGPIPE under pipefail)
+/usr/sbin/sshd -V 2>&1 | sed -n 1p || true
 
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
