@@ -5,6 +5,7 @@ use crate::discovery::consul::ConsulGate;
 use crate::health::{command::CommandProbe, http::HttpProbe, tcp::TcpProbe};
 use crate::lb::embedded::{EmbeddedLb, EmbeddedOptions};
 use crate::lb::haproxy::{self, HaproxyLb};
+use crate::lb::rackspace::{self, RackspaceLb, RackspaceOptions};
 use crate::lb::{none::NoBalancer, per_host::PerHostLb};
 use crate::remote::{local::LocalRemote, ssh};
 use changeover_core::engine::Deployment;
@@ -133,7 +134,7 @@ pub async fn balancer(
     local: &Arc<dyn Remote>,
 ) -> Result<Arc<dyn LoadBalancer>, String> {
     Ok(match &spec.kind {
-        LbKind::Haproxy { .. } | LbKind::None => {
+        LbKind::Haproxy { .. } | LbKind::Rackspace(_) | LbKind::None => {
             offline_balancer(spec, units, remote, local).expect("not embedded")
         }
         LbKind::Embedded {
@@ -172,8 +173,20 @@ pub fn offline_balancer(
         method,
     } = &spec.kind
     else {
-        return match spec.kind {
+        return match &spec.kind {
             LbKind::None => Some(Arc::new(NoBalancer)),
+            LbKind::Rackspace(r) => Some(Arc::new(RackspaceLb::new(RackspaceOptions {
+                load_balancer_id: r.load_balancer_id,
+                region: r.region.clone(),
+                identity_url: r.identity_url.clone(),
+                credentials: rackspace::Credentials {
+                    username_env: r.username_env.clone(),
+                    api_key_env: r.api_key_env.clone(),
+                },
+                member: r.member.clone(),
+                poll_interval: r.poll_interval,
+                settle_timeout: r.settle_timeout,
+            }))),
             _ => None,
         };
     };

@@ -136,24 +136,36 @@ pub enum LbError {
         detail: String,
         retry_after: Option<Duration>,
     },
+    /// A server-side error the balancer's API says is temporary (HTTP
+    /// 500/502/503/504): asked again later, within the change's deadline.
+    #[error("{endpoint} answered a temporary error: {detail}")]
+    Unavailable {
+        endpoint: String,
+        detail: String,
+        retry_after: Option<Duration>,
+    },
     #[error("{0}")]
     Other(String),
 }
 
 impl LbError {
-    /// Busy or throttled: the same request may succeed later. (An
+    /// Busy, throttled or temporarily unavailable: the same request may
+    /// succeed later. (An
     /// unreachable balancer is retried too, but only a few times: it may
     /// be gone for good.)
     pub fn is_transient(&self) -> bool {
-        matches!(self, LbError::Busy { .. } | LbError::Throttled { .. })
+        matches!(
+            self,
+            LbError::Busy { .. } | LbError::Throttled { .. } | LbError::Unavailable { .. }
+        )
     }
 
     /// How long the balancer asked us to wait, if it said.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            LbError::Busy { retry_after, .. } | LbError::Throttled { retry_after, .. } => {
-                *retry_after
-            }
+            LbError::Busy { retry_after, .. }
+            | LbError::Throttled { retry_after, .. }
+            | LbError::Unavailable { retry_after, .. } => *retry_after,
             _ => None,
         }
     }

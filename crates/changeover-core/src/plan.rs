@@ -299,8 +299,34 @@ pub enum LbKind {
         check_path: Option<String>,
         check_interval: Duration,
     },
+    /// Rackspace Cloud Load Balancers v1.0: a node's condition
+    /// (DRAINING → DISABLED → ENABLED), one change at a time per balancer.
+    Rackspace(RackspaceSpec),
     /// No balancer: units are deployed without take-out.
     None,
+}
+
+/// `kind = "rackspace"`. The credentials are read from the environment
+/// (the variables named here) when changeover first signs in, never from
+/// the config file.
+#[derive(Debug, Clone)]
+pub struct RackspaceSpec {
+    pub load_balancer_id: u64,
+    /// The region whose Cloud Load Balancers endpoint the identity
+    /// service's catalog gives (ORD, DFW, IAD, LON, SYD, HKG).
+    pub region: String,
+    /// Identity v2.0 base URL (`…/v2.0`).
+    pub identity_url: String,
+    pub username_env: String,
+    pub api_key_env: String,
+    /// A unit's node: `{address}` or `{address}:{port}`.
+    pub member: Template,
+    /// How often the balancer is read while a change is followed (shared by
+    /// every unit waiting on it).
+    pub poll_interval: Duration,
+    /// How long one change may take to be applied (the balancer back to
+    /// ACTIVE) before it counts as stuck.
+    pub settle_timeout: Duration,
 }
 
 /// Where an HAProxy Runtime API is. With `scope = "host"` both are on each
@@ -335,6 +361,7 @@ impl LbSpec {
         match self.kind {
             LbKind::Haproxy { .. } => "haproxy",
             LbKind::Embedded { .. } => "embedded",
+            LbKind::Rackspace(_) => "rackspace",
             LbKind::None => "none",
         }
     }

@@ -299,3 +299,98 @@ fn front_tier_mistakes_are_refused_with_a_hint() {
         assert!(text.contains("help:"), "has a hint:\n{text}");
     }
 }
+
+const HAPROXY_LB: &str = "kind = \"haproxy\"\nscope = \"global\"\nsocket = \"/run/haproxy/admin.sock\"\nbackend = \"app\"\nserver = \"{host}\"\nmethod = \"state\"\n";
+
+fn messages(text: &str) -> String {
+    match config::parse("changeover.toml", text, Path::new(".")) {
+        Ok(_) => panic!("config was accepted:\n{text}"),
+        Err(e) => e
+            .errors
+            .iter()
+            .map(|e| format!("{} {} ({:?})", e.location, e.message, e.help))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    }
+}
+
+#[test]
+fn rackspace_balancer_config_works_as_written() {
+    let text = bad(
+        HAPROXY_LB,
+        "kind = \"rackspace\"\nload_balancer_id = 1234\nregion = \"ord\"\nmember = \"{address}:8080\"\n",
+    )
+    .replace("mode = \"lb\"", "mode = \"fixed\"");
+    let loaded = config::parse("changeover.toml", &text, Path::new(".")).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let lb = &loaded.plan.load_balancers[0];
+    assert_eq!(lb.kind_name(), "rackspace");
+    let changeover_core::plan::LbKind::Rackspace(r) = &lb.kind else {
+        panic!("{lb:?}")
+    };
+    assert_eq!(r.load_balancer_id, 1234);
+    assert_eq!(r.region, "ORD");
+    assert_eq!(
+        r.identity_url,
+        "https://identity.api.rackspacecloud.com/v2.0"
+    );
+    assert_eq!(
+        (r.username_env.as_str(), r.api_key_env.as_str()),
+        ("RAX_USERNAME", "RAX_API_KEY")
+    );
+    // Rackspace counts no sessions: the drain defaults to a pause.
+    let text = bad(
+        HAPROXY_LB,
+        "kind = \"rackspace\"\nload_balancer_id = 1\nregion = \"DFW\"\n",
+    )
+    .replace("mode = \"lb\"\n", "");
+    let loaded = config::parse("changeover.toml", &text, Path::new(".")).unwrap();
+    assert!(matches!(
+        loaded.plan.drain.mode,
+        changeover_core::plan::DrainMode::Fixed
+    ));
+}
+
+#[test]
+fn rackspace_mistakes_are_refused_with_a_hint() {
+    let m = messages(&bad(HAPROXY_LB, "kind = \"rackspace\"\nregion = \"ORD\"\n"));
+    assert!(m.contains("without `load_balancer_id`"), "{m}");
+    let m = messages(&bad(
+        HAPROXY_LB,
+        "kind = \"rackspace\"\nload_balancer_id = -3\nsocket = \"/x\"\napi_key_env = \"sk-1234-secret\"\nidentity_url = \"https://u:p@id.example/v2.0\"\n",
+    ));
+    assert!(m.contains("load_balancer_id is not a balancer id"), "{m}");
+    assert!(m.contains("without `region`"), "{m}");
+    assert!(
+        m.contains("`socket` does not apply to kind `rackspace`"),
+        "{m}"
+    );
+    assert!(m.contains("is not an environment variable name"), "{m}");
+    assert!(m.contains("identity_url carries credentials"), "{m}");
+    // With drain mode "lb" nothing could count the sessions.
+    let m = messages(&bad(
+        HAPROXY_LB,
+        "kind = \"rackspace\"\nload_balancer_id = 5\nregion = \"ORD\"\n",
+    ));
+    assert!(
+        m.contains("drain mode \"lb\" needs a balancer that counts sessions"),
+        "{m}"
+    );
+    // Rackspace's keys on another kind are refused too, not ignored.
+    let m = messages(&bad(
+        "method = \"state\"\n",
+        "method = \"state\"\nregion = \"ORD\"\n",
+    ));
+    assert!(
+        m.contains("`region` does not apply to kind `haproxy`"),
+        "{m}"
+    );
+    // The cloud kinds not built yet say so.
+    for kind in ["elbv2", "elb", "octavia"] {
+        let m = messages(&bad("kind = \"haproxy\"", &format!("kind = \"{kind}\"")));
+        assert!(
+            m.contains("is not available in this version"),
+            "{kind}: {m}"
+        );
+    }
+}

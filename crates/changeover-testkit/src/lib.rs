@@ -4,9 +4,11 @@
 
 pub mod consul;
 pub mod etcd;
+pub mod fakehttp;
 pub mod frontfleet;
 pub mod haproxy;
 pub mod load;
+pub mod rackspace;
 pub mod receiver;
 pub mod sshd;
 pub mod tls;

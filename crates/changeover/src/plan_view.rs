@@ -236,7 +236,7 @@ fn view(plan: &Plan, target: Option<&str>, version: &str) -> Result<View, String
     for (lb, spec) in balancers.iter().zip(lb_specs) {
         let method = match &spec.kind {
             LbKind::Haproxy { method, .. } => format!(", method {method:?}").to_lowercase(),
-            LbKind::None | LbKind::Embedded { .. } => String::new(),
+            LbKind::None | LbKind::Embedded { .. } | LbKind::Rackspace(_) => String::new(),
         };
         let _ = writeln!(s, "balancer: {}{method}", lb.label());
     }

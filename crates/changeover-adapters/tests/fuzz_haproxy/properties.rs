@@ -24,7 +24,7 @@ fn error_ok(e: &LbError, unit: &str, needle: Option<&str>) -> Result<(), TestCas
             );
         }
         LbError::Unreachable { .. } | LbError::Other(_) => {}
-        LbError::Busy { .. } | LbError::Throttled { .. } => {
+        LbError::Busy { .. } | LbError::Throttled { .. } | LbError::Unavailable { .. } => {
             prop_assert!(
                 false,
                 "HAProxy has no busy or throttled answer: {}",

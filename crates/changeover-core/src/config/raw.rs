@@ -153,6 +153,14 @@ pub struct RawLb {
     pub member: Option<String>,
     pub check_path: Option<String>,
     pub check_interval: Option<String>,
+    /// rackspace: the balancer's numeric id.
+    pub load_balancer_id: Option<Value>,
+    pub region: Option<String>,
+    pub identity_url: Option<String>,
+    pub username_env: Option<String>,
+    pub api_key_env: Option<String>,
+    pub poll_interval: Option<String>,
+    pub settle_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

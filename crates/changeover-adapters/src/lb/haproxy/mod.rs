@@ -104,7 +104,7 @@ pub struct HaproxyLb {
     /// once (EAGAIN). 50 units draining at once would get there.
     exchanges: Arc<tokio::sync::Semaphore>,
     /// Status reads shared by the units asking at about the same time.
-    reads: Arc<shared::SharedReads>,
+    reads: Arc<shared::Reads>,
 }
 
 /// At most this many connections to one HAProxy's Runtime API at a time.

@@ -3,7 +3,7 @@
 use super::{closest, Validator};
 use crate::config::raw::RawLb;
 use crate::path;
-use crate::plan::{HaproxySocket, LbKind, LbMethod, LbScope, LbSpec};
+use crate::plan::{HaproxySocket, LbKind, LbMethod, LbScope, LbSpec, RackspaceSpec};
 use std::time::Duration;
 
 const LB_KINDS: &[&str] = &[
@@ -15,7 +15,7 @@ const LB_KINDS: &[&str] = &[
     "embedded",
     "none",
 ];
-const LB_KINDS_AVAILABLE: &[&str] = &["haproxy", "embedded", "none"];
+const LB_KINDS_AVAILABLE: &[&str] = &["haproxy", "rackspace", "embedded", "none"];
 
 impl Validator<'_> {
     pub(super) fn load_balancers(&mut self, raw: Vec<RawLb>) -> Vec<LbSpec> {
@@ -48,6 +48,23 @@ impl Validator<'_> {
                 );
                 continue;
             }
+            if lb.kind != "rackspace"
+                && !self.foreign_keys(
+                    i,
+                    &lb,
+                    &[
+                        ("load_balancer_id", lb.load_balancer_id.is_some()),
+                        ("region", lb.region.is_some()),
+                        ("identity_url", lb.identity_url.is_some()),
+                        ("username_env", lb.username_env.is_some()),
+                        ("api_key_env", lb.api_key_env.is_some()),
+                        ("poll_interval", lb.poll_interval.is_some()),
+                        ("settle_timeout", lb.settle_timeout.is_some()),
+                    ],
+                )
+            {
+                continue;
+            }
             let scope = match self.choice(
                 path!["load_balancers", i, "scope"],
                 lb.scope.as_ref(),
@@ -68,6 +85,10 @@ impl Validator<'_> {
             };
             let kind = match lb.kind.as_str() {
                 "none" => LbKind::None,
+                "rackspace" => match self.rackspace(i, &lb) {
+                    Some(k) => k,
+                    None => continue,
+                },
                 "embedded" => match self.embedded(i, &lb) {
                     Some(k) => k,
                     None => continue,
@@ -164,6 +185,139 @@ impl Validator<'_> {
             out.push(LbSpec { kind, scope });
         }
         out
+    }
+
+    /// Keys of other kinds set on this balancer: an error each, since
+    /// they would do nothing.
+    fn foreign_keys(&mut self, i: usize, lb: &RawLb, keys: &[(&str, bool)]) -> bool {
+        let mut clean = true;
+        for (key, set) in keys {
+            if *set {
+                self.err(
+                    path!["load_balancers", i, *key],
+                    format!("`{key}` does not apply to kind `{}`", lb.kind),
+                    "not a key of this kind",
+                    "remove it (see the README's section on this balancer kind for its keys)",
+                );
+                clean = false;
+            }
+        }
+        clean
+    }
+
+    fn rackspace(&mut self, i: usize, lb: &RawLb) -> Option<LbKind> {
+        let clean = self.foreign_keys(
+            i,
+            lb,
+            &[
+                ("socket", lb.socket.is_some()),
+                ("socket_command", lb.socket_command.is_some()),
+                ("backend", lb.backend.is_some()),
+                ("server", lb.server.is_some()),
+                ("method", lb.method.is_some()),
+                ("listen", lb.listen.is_some()),
+                ("check_path", lb.check_path.is_some()),
+                ("check_interval", lb.check_interval.is_some()),
+            ],
+        );
+        let id = match &lb.load_balancer_id {
+            Some(toml::Value::Integer(n)) if *n > 0 => Some(*n as u64),
+            Some(toml::Value::String(s)) if s.parse::<u64>().is_ok_and(|n| n > 0) => s.parse().ok(),
+            Some(_) => {
+                self.err(
+                    path!["load_balancers", i, "load_balancer_id"],
+                    "load_balancer_id is not a balancer id",
+                    "a positive number",
+                    "write the numeric id Cloud Load Balancers shows, e.g. load_balancer_id = 1234",
+                );
+                None
+            }
+            None => {
+                self.err(
+                    path!["load_balancers", i],
+                    "rackspace balancer without `load_balancer_id`",
+                    "this balancer",
+                    "set load_balancer_id = <the numeric id of the load balancer>",
+                );
+                None
+            }
+        };
+        let region = match &lb.region {
+            Some(r) if !r.trim().is_empty() => Some(r.trim().to_uppercase()),
+            _ => {
+                self.err(
+                    path!["load_balancers", i],
+                    "rackspace balancer without `region`",
+                    "this balancer",
+                    "set region = \"ORD\" (or DFW, IAD, LON, SYD, HKG: where the load balancer is)",
+                );
+                None
+            }
+        };
+        let identity_url = lb
+            .identity_url
+            .clone()
+            .unwrap_or_else(|| "https://identity.api.rackspacecloud.com/v2.0".into());
+        if !(identity_url.starts_with("https://") || identity_url.starts_with("http://")) {
+            self.err(
+                path!["load_balancers", i, "identity_url"],
+                format!("`{identity_url}` is not an http(s) URL"),
+                "not a URL",
+                "write identity_url = \"https://identity.api.rackspacecloud.com/v2.0\" (the default)",
+            );
+        }
+        if identity_url.contains('@') {
+            self.err(
+                path!["load_balancers", i, "identity_url"],
+                "identity_url carries credentials",
+                "no credentials in URLs",
+                "put the username and API key in the environment variables named by username_env and api_key_env",
+            );
+        }
+        let env_name = |v: &mut Self, key: &str, raw: &Option<String>, default: &str| {
+            let name = raw.clone().unwrap_or_else(|| default.to_string());
+            let ok = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with(|c: char| c.is_ascii_digit());
+            if !ok {
+                v.err(
+                    path!["load_balancers", i, key],
+                    format!("`{name}` is not an environment variable name"),
+                    "a variable name",
+                    format!("{key} names the variable holding the secret (e.g. {default}), not the secret itself"),
+                );
+            }
+            name
+        };
+        let username_env = env_name(self, "username_env", &lb.username_env, "RAX_USERNAME");
+        let api_key_env = env_name(self, "api_key_env", &lb.api_key_env, "RAX_API_KEY");
+        let member_src = lb.member.clone().unwrap_or_else(|| "{address}".into());
+        let member = self.template(path!["load_balancers", i, "member"], &member_src);
+        let poll_interval = self.duration(
+            path!["load_balancers", i, "poll_interval"],
+            lb.poll_interval.as_ref(),
+            Duration::from_secs(2),
+            false,
+        );
+        let settle_timeout = self.duration(
+            path!["load_balancers", i, "settle_timeout"],
+            lb.settle_timeout.as_ref(),
+            Duration::from_secs(120),
+            false,
+        );
+        if !clean {
+            return None;
+        }
+        Some(LbKind::Rackspace(RackspaceSpec {
+            load_balancer_id: id?,
+            region: region?,
+            identity_url: identity_url.trim_end_matches('/').to_string(),
+            username_env,
+            api_key_env,
+            member: member?,
+            poll_interval,
+            settle_timeout,
+        }))
     }
 
     fn embedded(&mut self, i: usize, lb: &RawLb) -> Option<LbKind> {
