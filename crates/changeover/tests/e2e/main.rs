@@ -12,6 +12,7 @@ mod gate;
 mod hostile_input;
 mod lifecycle;
 mod notify;
+mod rackspace;
 mod report;
 
 use changeover_testkit::load::{LoadGen, LoadOptions};
