@@ -296,7 +296,7 @@ impl Validator<'_> {
         let poll_interval = self.duration(
             path!["load_balancers", i, "poll_interval"],
             lb.poll_interval.as_ref(),
-            Duration::from_secs(2),
+            Duration::from_secs(1),
             false,
         );
         let settle_timeout = self.duration(
