@@ -37,18 +37,29 @@ fn adapter(fake: &RackspaceFake, test: &str, settle: Duration) -> RackspaceLb {
     let (user_env, key_env) = (format!("RS_{test}_USER"), format!("RS_{test}_KEY"));
     std::env::set_var(&user_env, "deployer");
     std::env::set_var(&key_env, KEY);
-    RackspaceLb::new(RackspaceOptions {
+    RackspaceLb::new(options(fake, &user_env, &key_env, "ORD", settle))
+}
+
+/// Balancer 4242 on `fake`, credentials in the variables named.
+fn options(
+    fake: &RackspaceFake,
+    user_env: &str,
+    key_env: &str,
+    region: &str,
+    settle: Duration,
+) -> RackspaceOptions {
+    RackspaceOptions {
         load_balancer_id: 4242,
-        region: "ORD".into(),
+        region: region.into(),
         identity_url: fake.identity_url(),
         credentials: Credentials {
-            username_env: user_env,
-            api_key_env: key_env,
+            username_env: user_env.into(),
+            api_key_env: key_env.into(),
         },
         member: Template::parse("{address}", PLACEHOLDERS).unwrap(),
         poll_interval: Duration::from_millis(20),
         settle_timeout: settle,
-    })
+    }
 }
 
 fn fake(nodes: usize) -> RackspaceFake {
@@ -238,50 +249,35 @@ async fn an_expired_token_is_renewed_once_and_bad_credentials_are_named_not_show
 
     std::env::set_var("RS_BADKEY_USER", "deployer");
     std::env::set_var("RS_BADKEY_KEY", "wrong-key-do-not-print");
-    let bad = RackspaceLb::new(RackspaceOptions {
-        load_balancer_id: 4242,
-        region: "ORD".into(),
-        identity_url: fake.identity_url(),
-        credentials: Credentials {
-            username_env: "RS_BADKEY_USER".into(),
-            api_key_env: "RS_BADKEY_KEY".into(),
-        },
-        member: Template::parse("{address}", PLACEHOLDERS).unwrap(),
-        poll_interval: Duration::from_millis(20),
-        settle_timeout: Duration::from_secs(1),
-    });
+    let bad = RackspaceLb::new(options(
+        &fake,
+        "RS_BADKEY_USER",
+        "RS_BADKEY_KEY",
+        "ORD",
+        Duration::from_secs(1),
+    ));
     let e = bad.balancer_state().await.unwrap_err().to_string();
     assert!(
         e.contains("RS_BADKEY_KEY") && !e.contains("wrong-key"),
         "{e}"
     );
-    let unset = RackspaceLb::new(RackspaceOptions {
-        credentials: Credentials {
-            username_env: "RS_UNSET_USER".into(),
-            api_key_env: "RS_UNSET_KEY".into(),
-        },
-        load_balancer_id: 4242,
-        region: "ORD".into(),
-        identity_url: fake.identity_url(),
-        member: Template::parse("{address}", PLACEHOLDERS).unwrap(),
-        poll_interval: Duration::from_millis(20),
-        settle_timeout: Duration::from_secs(1),
-    });
+    let unset = RackspaceLb::new(options(
+        &fake,
+        "RS_UNSET_USER",
+        "RS_UNSET_KEY",
+        "ORD",
+        Duration::from_secs(1),
+    ));
     let e = unset.balancer_state().await.unwrap_err().to_string();
     assert!(e.contains("RS_UNSET_USER") && e.contains("not set"), "{e}");
     // The wrong region is named.
-    let lb = RackspaceLb::new(RackspaceOptions {
-        region: "SYD".into(),
-        load_balancer_id: 4242,
-        identity_url: fake.identity_url(),
-        credentials: Credentials {
-            username_env: "RS_TOKEN_USER".into(),
-            api_key_env: "RS_TOKEN_KEY".into(),
-        },
-        member: Template::parse("{address}", PLACEHOLDERS).unwrap(),
-        poll_interval: Duration::from_millis(20),
-        settle_timeout: Duration::from_secs(1),
-    });
+    let lb = RackspaceLb::new(options(
+        &fake,
+        "RS_TOKEN_USER",
+        "RS_TOKEN_KEY",
+        "SYD",
+        Duration::from_secs(1),
+    ));
     let e = lb.balancer_state().await.unwrap_err().to_string();
     assert!(e.contains("region SYD"), "{e}");
     assert!(!e.contains(KEY), "{e}");

@@ -105,19 +105,13 @@ fn lifecycle_with_the_fleet_and_the_store_in_consul() {
 
 /// No file under `dir` contains the token.
 fn assert_no_token_under(dir: &std::path::Path) {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(bytes) = std::fs::read(&p) {
-                assert!(
-                    !String::from_utf8_lossy(&bytes).contains(TOKEN),
-                    "the token is in {}",
-                    p.display()
-                );
-            }
+    for p in fleet::files_under(dir) {
+        if let Ok(bytes) = std::fs::read(&p) {
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(TOKEN),
+                "the token is in {}",
+                p.display()
+            );
         }
     }
 }

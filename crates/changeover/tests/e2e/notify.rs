@@ -53,7 +53,7 @@ fn slack_and_webhook_get_their_payloads_and_the_url_never_shows() {
     let all = text(&out);
     assert!(!all.contains(SECRET), "the URL leaked: {all}");
     let state = fleet.dir.path().join("state");
-    for e in walk(&state) {
+    for e in crate::fleet::files_under(&state) {
         assert!(
             !std::fs::read_to_string(&e)
                 .unwrap_or_default()
@@ -115,21 +115,6 @@ fn slack_and_webhook_get_their_payloads_and_the_url_never_shows() {
         before,
         "--silent sent something"
     );
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.path().is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out
 }
 
 #[test]

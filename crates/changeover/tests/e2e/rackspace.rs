@@ -11,7 +11,7 @@
 //! ours, as the docs describe concurrent changes.
 
 use super::text;
-use crate::fleet::{changeover, Fleet};
+use crate::fleet::{changeover, files_under, Fleet};
 use changeover_testkit::rackspace::RackspaceFake;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -45,19 +45,11 @@ const POOLS: &str =
 
 /// Every file under `dir`, as text.
 fn all_text(dir: &Path) -> String {
-    let mut out = String::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.push_str(&all_text(&p));
-        } else if let Ok(bytes) = std::fs::read(&p) {
-            out.push_str(&String::from_utf8_lossy(&bytes));
-        }
-    }
-    out
+    files_under(dir)
+        .iter()
+        .filter_map(|p| std::fs::read(p).ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .collect()
 }
 
 #[test]
